@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 
 from yolo11_jax.loss import detection_loss
+from yolo11_jax.optim import skip_group
 
 Batch = dict[str, jax.Array]  # images (B,H,W,3) f32 in [0,1], boxes_cxcywh (B,M,4), labels (B,M), mask (B,M)
 
@@ -66,12 +67,15 @@ def loss_and_grads(model: nnx.Module, batch: Batch, **loss_kwargs):
 
 
 def global_norm(tree) -> jax.Array:
-    return optax.global_norm(tree)
+    return optax.tree.norm(tree)
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, *, lr_fn: Callable | None = None,
                     **loss_kwargs) -> Callable:
     """A jitted ``train_step(state, batch) -> (state, metrics)`` that donates ``state``.
+
+    ``tx`` must come from ``optim.make_optimizer``. As in the notebook's loop, a batch without
+    any positive anchor leaves the regression branch untouched (see ``optim``).
 
     ``metrics`` are device scalars: the loss parts, ``num_pos``, ``grad_norm``
     (before clipping), ``param_norm`` and, if ``lr_fn(step)`` is given, ``lr``.
@@ -85,6 +89,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, lr_fn: Callab
             state.params, state.rest, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        params, opt_state = skip_group(parts["num_fg"] == 0, params, state.params, opt_state, state.opt_state)
         metrics = dict(parts)
         metrics["grad_norm"] = global_norm(grads)
         metrics["param_norm"] = global_norm(params)
