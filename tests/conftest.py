@@ -9,6 +9,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# Several tests compile the same programs again (each train() run builds its own jitted
+# step); a persistent compilation cache for the session turns those into cache hits.
+import tempfile  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.environ.get(
+    "YOLO11_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "yolo11_jax_test_xla_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 

@@ -99,16 +99,33 @@ def test_attention_block_matches_reference():
 
 @pytest.mark.slow
 def test_notebook_network_matches_reference_in_both_modes():
-    """The full 110M-parameter network; 640 px in train mode, 320 px in eval mode."""
+    """The full 110M-parameter network; 640 px in train mode, 320 px in eval mode.
+
+    Train mode at 640 is compared with the reference evaluated in float64: at this depth and
+    size, torch's own float32 result differs from its float64 result by up to 1.5e-4
+    (measured: 8e-5..1.5e-4 per output), i.e. by more than the 1e-4 tolerance, while the JAX
+    float32 result stays within 6e-5 of it. Holding JAX to 1e-4 of the float64 reference is
+    the stricter statement; eval mode is compared with torch in float32 as everywhere else.
+    """
     ref, model = make_pair(num_classes=80, base=64, depth=2)
     assert count_parameters(model) == 110_212_128
     assert count_parameters(model, notebook_style=False) == 110_212_080
     assert sum(p.numel() for p in ref.parameters()) == 110_212_128
     rng = np.random.default_rng(4)
-    errors_train = forward_errors(ref, model, rng.random((1, 640, 640, 3), dtype=np.float32), "train")
     errors_eval = forward_errors(ref, model, rng.random((2, 320, 320, 3), dtype=np.float32), "eval")
-    assert max(errors_train.values()) <= TOL, errors_train
     assert max(errors_eval.values()) <= TOL, errors_eval
+
+    images = rng.random((1, 640, 640, 3), dtype=np.float32)
+    ref64 = ref.double().train()
+    model.train()
+    with torch.no_grad():
+        out_ref = ref64(nchw(images).double())
+    out_jax = jit_forward(model, jnp.asarray(images))
+    errors_train = {(level, kind): rel_err(np.asarray(j), to_nhwc(t))
+                    for level, (lt, lj) in enumerate(zip(out_ref, out_jax))
+                    for kind, t, j in zip(OUTPUT_KINDS, lt, lj)}
+    assert len(errors_train) == 9
+    assert max(errors_train.values()) <= TOL, errors_train
 
 
 def test_notebook_preset_has_notebook_parameter_count():

@@ -53,14 +53,18 @@ def eval_graphdef(model: nnx.Module):
 
 
 def evaluate_examples(graphdef, states, examples: Sequence[Example], *, num_classes: int, img_size: int,
-                      batch_size: int = 16, max_boxes: int = 100, letterbox: bool = False,
+                      batch_size: int = 16, letterbox: bool = False,
                       class_names: Sequence[str] | None = None, conf_threshold: float = 0.001,
                       iou_threshold: float = 0.7, max_det: int = 300, progress: bool = True) -> dict:
     """COCO metrics of the model ``nnx.merge(graphdef, *states)`` on ``examples``.
 
     Boxes are compared in the network's input frame (``img_size`` pixels). Returns
     ``CocoEvaluator.compute()``'s dict: ``mAP`` (0.5:0.95), ``AP50``, ``AP75``, ``per_class``, ...
+    Every ground-truth box counts: the padding size is the largest box count in ``examples``.
     """
+    if not examples:
+        raise ValueError("evaluate: no examples to evaluate")
+    max_boxes = max(1, max(len(ex.labels) for ex in examples))
     loader = BatchLoader(examples, batch_size=min(batch_size, len(examples)), img_size=img_size,
                          max_boxes=max_boxes, shuffle=False, drop_last=False, letterbox=letterbox)
     evaluator = CocoEvaluator(num_classes, list(class_names) if class_names else None, max_dets=100)
@@ -73,6 +77,19 @@ def evaluate_examples(graphdef, states, examples: Sequence[Example], *, num_clas
                             det["boxes_xyxy"][keep], det["scores"][keep], det["classes"][keep],
                             det["valid"][keep], img_size)
     return evaluator.compute()
+
+
+def _json_safe(x):
+    """Strict JSON: NaN (a class without ground truth) becomes null; NumPy scalars become floats."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if not np.isfinite(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
 
 
 def main(argv=None) -> int:
@@ -111,10 +128,12 @@ def main(argv=None) -> int:
     img_size = args.img_size or cfg.get("img_size", 640)
     data_spec = args.data or cfg.get("val_data") or cfg.get("data", "shapes")
     split = args.split or cfg.get("val_split", "validation")
+    # The same validation set the training run scored (seed, empty images, limits, conventions).
     data = build_dataset(data_spec, split=split, num_classes=args.num_classes or cfg.get("num_classes"),
-                         img_size=img_size, letterbox=cfg.get("letterbox", False),
-                         max_samples=args.max_samples, image_dir=args.image_dir,
-                         shapes_num_images=cfg.get("shapes_val_images"),
+                         img_size=img_size, letterbox=cfg.get("letterbox", False), skip_empty=False,
+                         max_samples=args.max_samples or cfg.get("val_max_samples"),
+                         image_dir=args.image_dir or cfg.get("image_dir"), bbox_format=cfg.get("bbox_format"),
+                         shapes_num_images=cfg.get("shapes_val_images"), shapes_seed=cfg.get("seed", 0),
                          shapes_img_size=cfg.get("shapes_img_size", 128), progress=True)
     num_classes = args.num_classes or cfg.get("num_classes") or data.num_classes
     print(data.stats.summary(), file=sys.stderr)
@@ -130,7 +149,7 @@ def main(argv=None) -> int:
     print(f"mAP@[.5:.95] {results['mAP']:.4f}  AP50 {results['AP50']:.4f}  AP75 {results['AP75']:.4f}  "
           f"({len(data.examples)} images)")
     if args.json:
-        args.json.write_text(json.dumps({k: v for k, v in results.items()}, indent=1, default=float))
+        args.json.write_text(json.dumps(_json_safe(results), indent=1))
     return 0
 
 

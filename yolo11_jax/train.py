@@ -85,7 +85,7 @@ class TrainConfig:
     topk: int = 13
     seed: int = 0
     log_every: int = 20
-    eval_every: int = 1                      # epochs; 0 = never
+    eval_every: int = 2                      # epochs; 0 = never
     eval_batch_size: int = 32
     keep_checkpoints: int = 3
     workers: int = 2
@@ -222,8 +222,13 @@ def _mean_metrics(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True) -> dict:
-    """Run training; returns a summary dict. Raises ``NonFiniteLossError`` if the loss diverges."""
+def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True,
+          stop_after_epochs: int | None = None) -> dict:
+    """Run training; returns a summary dict. Raises ``NonFiniteLossError`` if the loss diverges.
+
+    ``stop_after_epochs`` ends this call after that many epochs (checkpoint written), as an
+    interruption would; ``resume=run_dir`` continues it.
+    """
     check_config(cfg)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +288,8 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
 
     # ---- loop
     t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
+    end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
+    for epoch in range(start_epoch, end_epoch):
         epoch_rows, pending = [], []
         t_interval, n_interval = time.perf_counter(), 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
@@ -326,7 +332,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
                        elapsed_s=time.perf_counter() - t_start)
         if val_data is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             res = evaluate_examples(eval_gd, (state.params, state.rest), val_data.examples, num_classes=cfg.num_classes,
-                                    img_size=cfg.img_size, batch_size=cfg.eval_batch_size, max_boxes=cfg.max_boxes,
+                                    img_size=cfg.img_size, batch_size=cfg.eval_batch_size,
                                     letterbox=cfg.letterbox, class_names=cfg.class_names, progress=progress)
             summary.update(mAP=res["mAP"], AP50=res["AP50"], AP75=res["AP75"])
         history.append(summary)

@@ -1,0 +1,104 @@
+"""The training command: outputs, resume, divergence handling, bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import reference_torch as R
+from yolo11_jax.train import NonFiniteLossError, TrainConfig, build_parser, train, TRAIN_PRESETS
+
+SMOKE = dict(TRAIN_PRESETS["smoke"], val_split=None, eval_every=0, workers=1)
+
+
+def smoke_config(tmp_path, name, **overrides):
+    return TrainConfig(**{**SMOKE, "run_dir": str(tmp_path / name), **overrides})
+
+
+def epoch_rows(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "epoch"]
+
+
+def test_cli_writes_every_promised_output(tmp_path):
+    run = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "yolo11_jax.train", "--preset", "smoke", "--run-dir", str(run),
+                           "--eval-every", "2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("config.json", "metrics.jsonl", "loss_curves.png", "sample_batch.png", "iou_variants.png",
+                 "map_curve.png", "weights.safetensors"):
+        assert (run / name).stat().st_size > 0, name
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["preset"] == "smoke" and cfg["num_classes"] == 4 and cfg["eval_every"] == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    intervals = [r for r in rows if r["kind"] == "interval"]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert len(epochs) == 2 and len(intervals) >= 4
+    for key in ("total_loss", "cls_loss", "box_loss", "dfl_loss", "num_pos", "lr", "grad_norm", "images_per_s"):
+        assert all(np.isfinite(r[key]) for r in intervals), key
+    assert "mAP" in epochs[1] and "AP50" in epochs[1] and "mAP" not in epochs[0]
+    assert "final validation mAP" in proc.stderr + proc.stdout
+    # The exported weights load into the PyTorch reference with strict=True.
+    from safetensors.torch import load_file
+    ref = R.YOLOv11(num_classes=4, base=8, depth=1)
+    ref.load_state_dict(load_file(str(run / "weights.safetensors")), strict=True)
+    assert (run / "checkpoints").is_dir()
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    full = train(smoke_config(tmp_path, "full", epochs=3), progress=False)
+    part = smoke_config(tmp_path, "part", epochs=3)
+    train(part, progress=False, stop_after_epochs=1)
+    assert len(epoch_rows(tmp_path / "part")) == 1
+    train(smoke_config(tmp_path, "part", epochs=3), resume=tmp_path / "part", progress=False)
+    a, b = epoch_rows(tmp_path / "full"), epoch_rows(tmp_path / "part")
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        for key in ("total_loss", "cls_loss", "box_loss", "dfl_loss", "num_pos", "lr"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-9), (ra["epoch"], key)
+    wa = (tmp_path / "full" / "weights.safetensors").read_bytes()
+    from safetensors.numpy import load_file
+    fa, fb = load_file(str(tmp_path / "full" / "weights.safetensors")), load_file(
+        str(tmp_path / "part" / "weights.safetensors"))
+    assert len(wa) > 0 and fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_allclose(fb[k], fa[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    assert full["history"][-1]["total_loss"] < full["history"][0]["total_loss"]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = smoke_config(tmp_path, "nan", epochs=1)
+    train(cfg, progress=False)
+    ckpt = tmp_path / "nan" / "checkpoints"
+    before = sorted(p.name for p in ckpt.iterdir())
+    bad = smoke_config(tmp_path, "nan", epochs=2, lr=float("nan"))
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint .step 8. .* is intact"):
+        train(bad, resume=tmp_path / "nan", progress=False)
+    assert sorted(p.name for p in ckpt.iterdir()) == before
+    # ... and it still restores: resuming with a sane learning rate finishes the run.
+    train(smoke_config(tmp_path, "nan", epochs=2), resume=tmp_path / "nan", progress=False)
+    assert [r["epoch"] for r in epoch_rows(tmp_path / "nan")] == [1, 2]
+
+
+def test_class_id_out_of_range_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"class"):
+        train(smoke_config(tmp_path, "cls", num_classes=2), progress=False)
+    assert not (tmp_path / "cls" / "checkpoints").exists()
+
+
+def test_bad_config_is_reported_clearly(tmp_path):
+    with pytest.raises(ValueError, match="multiple of 32"):
+        train(smoke_config(tmp_path, "bad", img_size=100), progress=False)
+
+
+def test_help_documents_every_option():
+    text = build_parser().format_help()
+    for field in TrainConfig.__dataclass_fields__:
+        if field in ("preset", "class_names"):
+            continue
+        assert "--" + field.replace("_", "-") in text, field
+    for preset in TRAIN_PRESETS:
+        assert preset in text

@@ -1,0 +1,418 @@
+"""Detect objects in image files with a trained model and draw the boxes.
+
+Command line::
+
+    python -m yolo11_jax.predict --run RUN_DIR photo.jpg more_images/ --out predictions/
+    python -m yolo11_jax.predict --weights model.safetensors --model small --num-classes 4 \\
+        --img-size 128 images/ --out predictions/
+
+For every readable image, ``OUT/<stem>.png`` is the original image (original size)
+with each detection drawn as a box in its class's colour, labelled with the class
+name and score; ``OUT/detections.json`` lists, per image, the detections in the
+original image's pixel coordinates, sorted by decreasing score::
+
+    [{"image": "photo.jpg", "output": "predictions/photo.png", "width": 640, "height": 480,
+      "detections": [{"box_xyxy": [x1, y1, x2, y2], "score": 0.91, "class_id": 2,
+                      "class_name": "triangle"}, ...]}, ...]
+
+Images are prepared as in training: converted to RGB, resized to the network size
+(plain resize or letterbox, as the run was trained) and scaled to ``[0, 1]``. The
+network and NMS run in fixed-size batches (the last one padded by repeating its
+last image), so the program compiles once. Unreadable images are reported and
+skipped; the exit status is 2 only when no image could be read.
+
+Library: :func:`preprocess_image`, :func:`boxes_to_original`,
+:func:`detect_images`, :func:`draw_detections`, :func:`collect_image_paths`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from yolo11_jax.data.transforms import letterbox as letterbox_image
+from yolo11_jax.data.transforms import letterbox_geometry, resize_plain
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+"""File name endings (case-insensitive) taken from a directory given as input."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def collect_image_paths(inputs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """Expand files and directories into a list of image paths.
+
+    A directory contributes every file directly inside it whose name ends in one of
+    :data:`IMAGE_EXTENSIONS` (case-insensitive), sorted by name; a file is taken as
+    given, whatever its ending. Returns ``(paths, problems)``: ``problems`` are
+    messages for inputs that do not exist or directories without images.
+    """
+    paths: list[Path] = []
+    problems: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                problems.append(f"{p}: directory has no {'/'.join(IMAGE_EXTENSIONS)} images")
+            paths.extend(found)
+        elif p.exists():
+            paths.append(p)
+        else:
+            problems.append(f"{p}: no such file or directory")
+    return paths, problems
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image file fully and convert it to RGB (raises on unreadable data)."""
+    with Image.open(path) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def preprocess_image(img: Image.Image, img_size: int, letterbox: bool = False) -> np.ndarray:
+    """The network input for one RGB image, as in training.
+
+    Plain resize to ``img_size`` square (aspect ratio ignored), or letterbox (aspect
+    ratio kept, grey padding); then ``uint8 / 255``. Returns float32 ``(S, S, 3)``.
+    """
+    if letterbox:
+        img, _, _ = letterbox_image(img, np.zeros((0, 4), np.float32), img_size)
+    else:
+        img = resize_plain(img, img_size)
+    return np.asarray(img, dtype=np.float32) / np.float32(255.0)
+
+
+def boxes_to_original(boxes_xyxy: np.ndarray, width: int, height: int, img_size: int,
+                      letterbox: bool = False, clip: bool = True) -> np.ndarray:
+    """Map ``(N, 4)`` xyxy boxes from network-input pixels to original-image pixels.
+
+    Undoes :func:`preprocess_image`: the plain resize scales ``x`` by
+    ``width / img_size`` and ``y`` by ``height / img_size``; the letterbox removes the
+    padding offset, then divides by the letterbox scale (see
+    :class:`~yolo11_jax.data.transforms.LetterboxGeometry`). With ``clip`` the result
+    is clipped to ``x in [0, width]``, ``y in [0, height]``. Returns float64 ``(N, 4)``.
+    """
+    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4).copy()
+    if letterbox:
+        g = letterbox_geometry(width, height, img_size)
+        b[:, 0::2] = (b[:, 0::2] - g.pad_left) / g.scale_x
+        b[:, 1::2] = (b[:, 1::2] - g.pad_top) / g.scale_y
+    else:
+        b[:, 0::2] *= width / img_size
+        b[:, 1::2] *= height / img_size
+    if clip:
+        b[:, 0::2] = np.clip(b[:, 0::2], 0.0, float(width))
+        b[:, 1::2] = np.clip(b[:, 1::2], 0.0, float(height))
+    return b
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def class_name_list(num_classes: int, names: Sequence[str] | None = None) -> list[str]:
+    """``names`` extended (or replaced) by ``str(id)`` so there is one name per class."""
+    names = list(names or [])
+    return [str(names[i]) if i < len(names) and names[i] is not None else str(i) for i in range(num_classes)]
+
+
+def detect_batch(graphdef, states, images: Sequence[np.ndarray], *, batch_size: int, img_size: int,
+                 conf_threshold: float, iou_threshold: float, max_det: int) -> list[dict[str, np.ndarray]]:
+    """Run :func:`~yolo11_jax.evaluate.predict_batch` on up to ``batch_size`` prepared images.
+
+    The batch is padded to exactly ``batch_size`` rows by repeating the last image
+    (so every call has the same shape); the padded rows are dropped. Returns one dict
+    per image with the valid detections only: ``boxes_xyxy (K, 4)`` in network-input
+    pixels, ``scores (K,)``, ``classes (K,)``, in decreasing score order.
+    """
+    import jax
+
+    from yolo11_jax.evaluate import predict_batch
+
+    n = len(images)
+    if not 0 < n <= batch_size:
+        raise ValueError(f"need 1..{batch_size} images, got {n}")
+    batch = np.stack(list(images) + [images[-1]] * (batch_size - n)).astype(np.float32)
+    det = jax.device_get(predict_batch(graphdef, states, batch, img_size=img_size,
+                                       conf_threshold=float(conf_threshold),
+                                       iou_threshold=float(iou_threshold), max_det=int(max_det)))
+    out = []
+    for row in range(n):
+        keep = np.asarray(det["valid"][row], bool) & (np.asarray(det["classes"][row]) >= 0)
+        scores = np.asarray(det["scores"][row], np.float64)[keep]
+        order = np.argsort(-scores, kind="stable")
+        out.append({"boxes_xyxy": np.asarray(det["boxes_xyxy"][row], np.float64)[keep][order],
+                    "scores": scores[order],
+                    "classes": np.asarray(det["classes"][row], np.int64)[keep][order]})
+    return out
+
+
+def detections_to_records(det: dict[str, np.ndarray], width: int, height: int, *, img_size: int,
+                          letterbox: bool, class_names: Sequence[str]) -> list[dict]:
+    """One image's detections as JSON-ready dicts in original pixels, by decreasing score."""
+    boxes = boxes_to_original(det["boxes_xyxy"], width, height, img_size, letterbox)
+    records = [{"box_xyxy": [float(v) for v in box], "score": float(score), "class_id": int(cls),
+                "class_name": class_names[int(cls)] if 0 <= int(cls) < len(class_names) else str(int(cls))}
+               for box, score, cls in zip(boxes, det["scores"], det["classes"])]
+    records.sort(key=lambda r: -r["score"])
+    return records
+
+
+def detect_images(graphdef, states, images: Sequence[Image.Image], *, img_size: int, letterbox: bool = False,
+                  class_names: Sequence[str] | None = None, num_classes: int | None = None,
+                  batch_size: int = 8, conf_threshold: float = 0.25, iou_threshold: float = 0.7,
+                  max_det: int = 300) -> list[list[dict]]:
+    """Detections of in-memory PIL images, in each image's original pixel coordinates.
+
+    ``graphdef`` must come from :func:`~yolo11_jax.evaluate.eval_graphdef`; ``states``
+    is a tuple of ``nnx.State`` that merge with it. Returns one list per image of
+    ``{"box_xyxy", "score", "class_id", "class_name"}`` dicts sorted by score.
+    """
+    if not images:
+        return []
+    names = class_name_list(num_classes or len(class_names or []), class_names)
+    bs = max(1, min(batch_size, len(images)))
+    results: list[list[dict]] = []
+    for start in range(0, len(images), bs):
+        chunk = [im.convert("RGB") for im in images[start:start + bs]]
+        dets = detect_batch(graphdef, states, [preprocess_image(im, img_size, letterbox) for im in chunk],
+                            batch_size=bs, img_size=img_size, conf_threshold=conf_threshold,
+                            iou_threshold=iou_threshold, max_det=max_det)
+        for im, det in zip(chunk, dets):
+            results.append(detections_to_records(det, im.width, im.height, img_size=img_size,
+                                                 letterbox=letterbox, class_names=names))
+    return results
+
+
+# ----------------------------------------------------------------------------- drawing
+
+
+def class_colour(class_id: int) -> tuple[int, int, int]:
+    """A saturated RGB colour per class; hues follow the golden ratio so neighbours differ."""
+    hue = (int(class_id) * 0.618033988749895 + 0.05) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    return int(round(r * 255)), int(round(g * 255)), int(round(b * 255))
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def draw_detections(img: Image.Image, detections: Sequence[dict]) -> Image.Image:
+    """A copy of ``img`` (RGB, same size) with each detection's box and ``"name score"`` label.
+
+    ``detections`` are dicts with ``box_xyxy`` (original pixels), ``score``,
+    ``class_id``, ``class_name``. The lowest-score boxes are drawn first.
+    """
+    out = img.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    side = min(out.size)
+    line = max(1, round(side / 250))
+    font = _font(max(10, round(side / 40)))
+    for d in sorted(detections, key=lambda r: r["score"]):
+        x1, y1, x2, y2 = d["box_xyxy"]
+        colour = class_colour(d["class_id"])
+        draw.rectangle([x1, y1, max(x1, x2), max(y1, y2)], outline=colour, width=line)
+        text = f"{d['class_name']} {d['score']:.2f}"
+        l, t, r, b = draw.textbbox((0, 0), text, font=font)
+        tw, th = r - l + 2, b - t + 2
+        tx = min(max(0.0, x1), max(0.0, out.width - tw))
+        ty = y1 - th if y1 - th >= 0 else min(y1, max(0.0, out.height - th))  # above the box, else inside
+        draw.rectangle([tx, ty, tx + tw, ty + th], fill=colour)
+        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        draw.text((tx + 1 - l, ty + 1 - t), text, fill=(0, 0, 0) if luminance > 150 else (255, 255, 255), font=font)
+    return out
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def _weights_metadata_config(path: Path) -> dict:
+    """The training config stored in a ``.safetensors`` file's metadata by ``train.py`` ({} if none)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+        cfg = json.loads(meta.get("config", "{}"))
+        return cfg if isinstance(cfg, dict) else {}
+    except Exception:  # noqa: BLE001 - metadata is only a source of defaults
+        return {}
+
+
+def _num_classes_from_weights(path: Path) -> int | None:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            if "head.heads.0.cls_pred.bias" in f.keys():
+                return int(f.get_slice("head.heads.0.cls_pred.bias").get_shape()[0])
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+def _output_names(paths: Sequence[Path]) -> list[str]:
+    """``<stem>.png`` per path; repeated stems get ``_1``, ``_2``, ... so nothing is overwritten."""
+    used: set[str] = set()
+    names = []
+    for p in paths:
+        name, k = f"{p.stem}.png", 0
+        while name.lower() in used:
+            k += 1
+            name = f"{p.stem}_{k}.png"
+        used.add(name.lower())
+        names.append(name)
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from yolo11_jax.presets import PRESETS
+
+    ap = argparse.ArgumentParser(prog="python -m yolo11_jax.predict", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("images", nargs="+", metavar="IMAGES",
+                    help="image files and/or directories (a directory contributes its "
+                         f"{', '.join(IMAGE_EXTENSIONS)} files, sorted)")
+    ap.add_argument("--out", type=Path, required=True,
+                    help="output directory for the annotated <stem>.png images and detections.json")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="a training run directory (its weights.safetensors and config.json)")
+    src.add_argument("--weights", type=Path, help="a .safetensors weights file (the reference's key names)")
+    ap.add_argument("--model", choices=sorted(PRESETS),
+                    help="model preset (default: the run's; with --weights: the file's metadata, else 'small')")
+    ap.add_argument("--num-classes", type=int,
+                    help="number of classes (default: the run's, else read from the weights)")
+    ap.add_argument("--class-names", help="comma-separated class names (default: the run's, else the class ids)")
+    ap.add_argument("--img-size", type=int, help="network input size in pixels (default: the run's, else 640)")
+    ap.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
+                    help="resize keeping the aspect ratio with grey padding (default: as the run was trained; "
+                         "plain resize without a run config)")
+    ap.add_argument("--conf-threshold", type=float, default=0.25,
+                    help="keep detections with score above this (default: %(default)s)")
+    ap.add_argument("--iou-threshold", type=float, default=0.7,
+                    help="NMS: suppress same-class boxes overlapping more than this IoU (default: %(default)s)")
+    ap.add_argument("--max-det", type=int, default=300, help="at most this many detections per image (default: %(default)s)")
+    ap.add_argument("--batch-size", type=int, default=8,
+                    help="images per forward pass; the last batch is padded (default: %(default)s)")
+    return ap
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for it in items:
+        chunk.append(it)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.batch_size < 1 or args.max_det < 1:
+        ap.error("--batch-size and --max-det must be >= 1")
+
+    cfg: dict = {}
+    if args.run is not None:
+        cfg_path = args.run / "config.json"
+        if not cfg_path.exists():
+            ap.error(f"{cfg_path} not found: is {args.run} a training run directory?")
+        cfg = json.loads(cfg_path.read_text())
+        weights = args.run / "weights.safetensors"
+        if not weights.exists():
+            ap.error(f"{weights} not found: the run has not finished (no final export)")
+    else:
+        weights = args.weights
+        if not weights.exists():
+            ap.error(f"{weights} not found")
+        cfg = _weights_metadata_config(weights)
+
+    model_name = args.model or cfg.get("model") or "small"
+    img_size = args.img_size or cfg.get("img_size") or 640
+    letterbox = bool(cfg.get("letterbox", False)) if args.letterbox is None else args.letterbox
+    num_classes = args.num_classes or cfg.get("num_classes") or _num_classes_from_weights(weights)
+    if not num_classes:
+        ap.error("cannot tell the number of classes: pass --num-classes")
+    names = [s.strip() for s in args.class_names.split(",")] if args.class_names else cfg.get("class_names")
+    class_names = class_name_list(num_classes, names)
+
+    paths, problems = collect_image_paths(args.images)
+    for msg in problems:
+        _warn(msg)
+    skipped = len(problems)
+    if not paths:
+        print(f"0 images, 0 detections, {skipped} skipped")
+        print("error: no image could be read (no input images found)", file=sys.stderr)
+        return 2
+
+    from flax import nnx
+
+    from yolo11_jax import convert
+    from yolo11_jax.evaluate import eval_graphdef
+    from yolo11_jax.presets import build_model
+
+    model = build_model(model_name, num_classes=num_classes, rngs=nnx.Rngs(0))
+    convert.load_safetensors(weights, model)
+    graphdef = eval_graphdef(model)
+    states = (nnx.state(model),)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    out_names = dict(zip(paths, _output_names(paths)))
+    batch_size = min(args.batch_size, len(paths))  # one compiled shape for every batch
+
+    def readable() -> Iterator[tuple[Path, Image.Image]]:
+        nonlocal skipped
+        for p in paths:
+            try:
+                yield p, load_image(p)
+            except Exception as e:  # noqa: BLE001 - any decoding problem skips the image
+                skipped += 1
+                _warn(f"skipping {p}: cannot read image ({type(e).__name__}: {e})")
+
+    results: list[dict] = []
+    num_dets = 0
+    for chunk in _batches(readable(), batch_size):
+        dets = detect_batch(graphdef, states, [preprocess_image(im, img_size, letterbox) for _, im in chunk],
+                            batch_size=batch_size, img_size=img_size, conf_threshold=args.conf_threshold,
+                            iou_threshold=args.iou_threshold, max_det=args.max_det)
+        for (path, img), det in zip(chunk, dets):
+            records = detections_to_records(det, img.width, img.height, img_size=img_size,
+                                            letterbox=letterbox, class_names=class_names)
+            out_path = args.out / out_names[path]
+            draw_detections(img, records).save(out_path)
+            results.append({"image": str(path), "output": str(out_path), "width": img.width,
+                            "height": img.height, "detections": records})
+            num_dets += len(records)
+
+    (args.out / "detections.json").write_text(json.dumps(results, indent=1))
+    print(f"{len(results)} images, {num_dets} detections, {skipped} skipped")
+    if not results:
+        print(f"error: no image could be read ({skipped} skipped)", file=sys.stderr)
+        return 2
+    print(f"wrote {len(results)} annotated images and detections.json to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
