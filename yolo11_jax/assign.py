@@ -17,6 +17,9 @@ by image on the unpadded boxes:
 Only membership of the top-k set matters. Exact ties in alignment at the k-th
 place are broken towards the lower anchor index (``lax.top_k``); the notebook
 leaves that order to ``torch.topk``.
+
+Arithmetic is in float32 (lower-precision predictions are promoted), or in
+float64 when the predictions are float64 (JAX x64 enabled).
 """
 
 from __future__ import annotations
@@ -61,16 +64,17 @@ def task_aligned_assign(
       ``fg_mask (B, A)`` bool.
       No gradient flows through any output.
     """
-    pred_scores = jax.lax.stop_gradient(pred_scores).astype(jnp.float32)
-    pred_bboxes = jax.lax.stop_gradient(pred_bboxes).astype(jnp.float32)
-    gt_bboxes = gt_bboxes.astype(jnp.float32)
+    dtype = jnp.result_type(pred_scores, pred_bboxes, jnp.float32)  # float32, or float64 under x64
+    pred_scores = jax.lax.stop_gradient(pred_scores).astype(dtype)
+    pred_bboxes = jax.lax.stop_gradient(pred_bboxes).astype(dtype)
+    gt_bboxes = gt_bboxes.astype(dtype)
     b, a, c = pred_scores.shape
     m = gt_bboxes.shape[1]
     gt_labels = gt_labels.astype(jnp.int32)
     safe_labels = jnp.where(gt_mask, gt_labels, 0)
 
     # Everything below is laid out (B, M, A): anchors last, for top_k.
-    xy = anchor_points.astype(jnp.float32)[None, None, :, :]                   # (1, 1, A, 2)
+    xy = anchor_points.astype(dtype)[None, None, :, :]                         # (1, 1, A, 2)
     lt = xy - gt_bboxes[:, :, None, :2]                                       # (B, M, A, 2)
     rb = gt_bboxes[:, :, None, 2:] - xy
     in_gt = (jnp.minimum(jnp.min(lt, -1), jnp.min(rb, -1)) > 0) & gt_mask[:, :, None]
@@ -101,5 +105,5 @@ def task_aligned_assign(
 
     fg_max = jnp.max(jnp.where(fg_mask, max_alignment, 0.0), axis=1, keepdims=True)  # (B, 1)
     norm_align = jnp.where(fg_mask, max_alignment / (fg_max + eps), 0.0)
-    scores = jax.nn.one_hot(jnp.where(fg_mask, labels, 0), c, dtype=jnp.float32) * norm_align[:, :, None]
+    scores = jax.nn.one_hot(jnp.where(fg_mask, labels, 0), c, dtype=dtype) * norm_align[:, :, None]
     return labels, bboxes, scores, fg_mask

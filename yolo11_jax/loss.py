@@ -17,6 +17,10 @@ Deviation from the notebook: it hard-codes 640 when converting normalised
 targets to pixels; ``img_size`` generalises that and defaults to 640. A
 mismatch with the input size implied by the feature maps triggers a warning
 at trace time.
+
+Arithmetic is in float32 (lower-precision predictions are promoted), or in
+float64 when the predictions are float64 (JAX x64 enabled); the loss parts
+then come out in float64 too.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from yolo11_jax.iou import bbox_iou_elementwise
 
 # A harmless box substituted for background rows before CIoU, so that no
 # inf/NaN can arise in a branch that is masked out afterwards ("double where").
-_SAFE_BOX = jnp.array([0.0, 0.0, 1.0, 1.0], jnp.float32)
+_SAFE_BOX = (0.0, 0.0, 1.0, 1.0)
 
 
 def flatten_predictions(predictions) -> tuple[jax.Array, jax.Array, jax.Array, list[tuple[int, int]]]:
@@ -102,7 +106,7 @@ def detection_loss(
     Returns:
       ``(total, parts)`` where ``parts`` has float32 scalars ``cls_loss``,
       ``box_loss``, ``dfl_loss``, ``total_loss`` and the int32 scalar ``num_pos``
-      (the notebook reports ``max(num_pos, 1)``; so does this).
+      (the notebook reports ``max(num_pos, 1)``; so does this), and ``num_fg``, the raw count.
     """
     img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     cls_logits, ltrb, raw, feat_sizes = flatten_predictions(predictions)
@@ -117,28 +121,30 @@ def detection_loss(
                       f"{implied[0]}x{implied[1]} input; targets are scaled to img_size "
                       "(the notebook's 640 is only right for 640x640 inputs)", stacklevel=2)
 
+    dtype = jnp.result_type(cls_logits, ltrb, raw, jnp.float32)  # float32, or float64 under x64
     anchor_np, stride_np = make_anchor_points(feat_sizes, strides)
-    anchors, anchor_strides = jnp.asarray(anchor_np), jnp.asarray(stride_np)
-    cls_logits = cls_logits.astype(jnp.float32)
-    ltrb = ltrb.astype(jnp.float32)
-    raw = raw.astype(jnp.float32)
+    anchors, anchor_strides = jnp.asarray(anchor_np, dtype), jnp.asarray(stride_np, dtype)
+    cls_logits = cls_logits.astype(dtype)
+    ltrb = ltrb.astype(dtype)
+    raw = raw.astype(dtype)
     pred_bboxes = decode_ltrb(ltrb, anchors, anchor_strides)                  # (B, A, 4) px
     gt_mask = gt_mask.astype(bool)
-    gt_xyxy = cxcywh_to_xyxy_pixels(gt_boxes.astype(jnp.float32), img_hw)      # (B, M, 4) px
+    gt_xyxy = cxcywh_to_xyxy_pixels(gt_boxes.astype(dtype), img_hw)            # (B, M, 4) px
 
     _, target_bboxes, target_scores, fg = task_aligned_assign(
         jax.nn.sigmoid(cls_logits), pred_bboxes, anchors, gt_labels, gt_xyxy, gt_mask,
         topk=topk, alpha=alpha, beta=beta, eps=eps)
     num_pos = jnp.sum(fg, dtype=jnp.int32)
-    denom = jnp.maximum(num_pos, 1).astype(jnp.float32)
+    denom = jnp.maximum(num_pos, 1).astype(dtype)
 
     # Classification: sum over every anchor and class (per image first, then batch).
     cls_sum = jnp.sum(jnp.sum(_bce_with_logits(cls_logits, target_scores), axis=(1, 2)))
 
     # Box: 1 - CIoU over the foreground, with safe boxes on background rows.
     fg4 = fg[:, :, None]
-    ciou = bbox_iou_elementwise(jnp.where(fg4, pred_bboxes, _SAFE_BOX),
-                                jnp.where(fg4, target_bboxes, _SAFE_BOX), mode="ciou")
+    safe_box = jnp.asarray(_SAFE_BOX, dtype)
+    ciou = bbox_iou_elementwise(jnp.where(fg4, pred_bboxes, safe_box),
+                                jnp.where(fg4, target_bboxes, safe_box), mode="ciou")
     box_sum = jnp.sum(jnp.where(fg, 1.0 - ciou, 0.0))
 
     # DFL on the two bins around each clamped ltrb target.
@@ -148,7 +154,7 @@ def detection_loss(
     target_ltrb = jnp.clip(target_ltrb, 0.0, reg_max - 1 - 0.01)              # (B, A, 4)
     left = jnp.floor(target_ltrb).astype(jnp.int32)
     right = jnp.minimum(left + 1, reg_max - 1)
-    w_right = target_ltrb - left.astype(jnp.float32)
+    w_right = target_ltrb - left.astype(dtype)
     w_left = 1.0 - w_right
     log_probs = jax.nn.log_softmax(raw.reshape(b, a, 4, reg_max), axis=-1)
     ce_left = -jnp.take_along_axis(log_probs, left[..., None], axis=-1)[..., 0]
@@ -161,5 +167,5 @@ def detection_loss(
     loss_dfl = dfl_weight * dfl_sum / denom
     total = loss_cls + loss_box + loss_dfl
     parts = {"cls_loss": loss_cls, "box_loss": loss_box, "dfl_loss": loss_dfl,
-             "total_loss": total, "num_pos": jnp.maximum(num_pos, 1)}
+             "total_loss": total, "num_pos": jnp.maximum(num_pos, 1), "num_fg": num_pos}
     return total, parts

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from flax.nnx.nn.attention import dot_product_attention_weights
 
 # One (cls_logits (B,H,W,C), box_ltrb (B,H,W,4), box_raw (B,H,W,4*reg_max)) per level.
 LevelOutput = tuple[jax.Array, jax.Array, jax.Array]
@@ -76,8 +77,8 @@ class BatchNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x (B, H, W, C) -> (B, H, W, C)."""
-        # Statistics always in float32, whatever the activation dtype.
-        xf = x.astype(jnp.float32)
+        # Statistics in at least float32, whatever the activation dtype (float64 under x64).
+        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
@@ -217,6 +218,16 @@ class PAN(nnx.Module):
         return p3, p4, p5
 
 
+def _attention(query: jax.Array, key: jax.Array, value: jax.Array, **kwargs) -> jax.Array:
+    """``nnx.dot_product_attention``, except for float64 inputs (JAX x64): its fused path,
+    ``jax.nn.dot_product_attention``, always takes the softmax in float32, so float64 takes
+    Flax's unfused path (``dot_product_attention_weights``, then the weighted sum) instead."""
+    if query.dtype != jnp.float64:
+        return nnx.dot_product_attention(query, key, value, **kwargs)
+    weights = dot_product_attention_weights(query, key, **kwargs)
+    return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=kwargs.get("precision"))
+
+
 class C2PSA(nnx.Module):
     """1x1 conv, multi-head self-attention over the H*W tokens (residual), FFN (residual), 1x1 conv."""
 
@@ -226,7 +237,7 @@ class C2PSA(nnx.Module):
         self.cv1 = ConvBNSiLU(c, c, 1, rngs=rngs)
         self.attn = nnx.MultiHeadAttention(
             num_heads=n_heads, in_features=c, qkv_features=c, out_features=c,
-            decode=False, deterministic=True, rngs=rngs,
+            decode=False, deterministic=True, attention_fn=_attention, rngs=rngs,
         )
         self.ffn = nnx.List([ConvBNSiLU(c, c * 2, 1, rngs=rngs), ConvBNSiLU(c * 2, c, 1, rngs=rngs)])
         self.cv2 = ConvBNSiLU(c, c, 1, rngs=rngs)
@@ -266,8 +277,9 @@ class DFLHead(nnx.Module):
         box_raw = self.reg_pred(r)
         b, h, w, _ = box_raw.shape
         # Channel index is side * reg_max + bin, as torch's view(B, 4, reg_max, H, W).
-        dist = jax.nn.softmax(box_raw.reshape(b, h, w, 4, self.reg_max).astype(jnp.float32), axis=-1)
-        proj = jnp.arange(self.reg_max, dtype=jnp.float32)
+        dtype = jnp.promote_types(box_raw.dtype, jnp.float32)
+        dist = jax.nn.softmax(box_raw.reshape(b, h, w, 4, self.reg_max).astype(dtype), axis=-1)
+        proj = jnp.arange(self.reg_max, dtype=dtype)
         box_ltrb = jnp.sum(dist * proj, axis=-1)
         return cls_logits, box_ltrb, box_raw
 
@@ -297,7 +309,8 @@ class YOLOv11(nnx.Module):
     box_raw (B,h,w,4*reg_max))]`` for strides 8, 16, 32, where ``box_ltrb`` is
     the DFL expectation in grid units (multiply by the stride for pixels).
     ``model.train()`` (the default) uses and updates batch statistics;
-    ``model.eval()`` uses the running statistics.
+    ``model.eval()`` uses the running statistics. With JAX x64 enabled and the
+    state cast to float64, float64 images run in float64 throughout.
     """
 
     def __init__(self, num_classes: int = 80, reg_max: int = 16, *, base: int = 64, depth: int = 2,
