@@ -32,6 +32,16 @@ import jax.numpy as jnp
 from yolo11_jax.iou import _iou_broadcast
 
 
+def _power(x: jax.Array, p: float) -> jax.Array:
+    """``x ** p``; an integral ``p`` (the notebook's alpha 1 and beta 6) takes repeated
+    multiplication, several times cheaper than ``exp(p * log(x))``."""
+    if float(p) == 1.0:
+        return x
+    if float(p).is_integer() and 0 < p <= 16:
+        return jax.lax.integer_pow(x, int(p))
+    return jnp.power(x, p)
+
+
 @functools.partial(jax.jit, static_argnames=("topk", "alpha", "beta", "eps"))
 def task_aligned_assign(
     pred_scores: jax.Array,
@@ -74,17 +84,19 @@ def task_aligned_assign(
     safe_labels = jnp.where(gt_mask, gt_labels, 0)
 
     # Everything below is laid out (B, M, A): anchors last, for top_k.
-    xy = anchor_points.astype(dtype)[None, None, :, :]                         # (1, 1, A, 2)
-    lt = xy - gt_bboxes[:, :, None, :2]                                       # (B, M, A, 2)
-    rb = gt_bboxes[:, :, None, 2:] - xy
-    in_gt = (jnp.minimum(jnp.min(lt, -1), jnp.min(rb, -1)) > 0) & gt_mask[:, :, None]
+    ax = anchor_points[:, 0].astype(dtype)[None, None, :]                      # (1, 1, A)
+    ay = anchor_points[:, 1].astype(dtype)[None, None, :]
+    x1, y1, x2, y2 = (gt_bboxes[:, :, i, None] for i in range(4))             # (B, M, 1)
+    # The notebook's min(a - x1y1, x2y2 - a) > 0, written per side: a trailing axis of 2
+    # costs XLA more than the whole IoU.
+    in_gt = (ax - x1 > 0) & (ay - y1 > 0) & (x2 - ax > 0) & (y2 - ay > 0) & gt_mask[:, :, None]
 
-    # s[b, m, a] = pred_scores[b, a, gt_labels[b, m]]
-    cls_scores = jnp.take_along_axis(
-        jnp.swapaxes(pred_scores, 1, 2), safe_labels[:, :, None], axis=1)      # (B, M, A)
+    # s[b, m, a] = pred_scores[b, a, gt_labels[b, m]]: gather along classes, then transpose the
+    # (B, A, M) result, not the (B, A, C) scores.
+    cls_scores = jnp.swapaxes(jnp.take_along_axis(pred_scores, safe_labels[:, None, :], axis=2), 1, 2)
     iou = _iou_broadcast(pred_bboxes[:, None, :, :], gt_bboxes[:, :, None, :], "iou", 1e-7)
     iou = jnp.clip(iou, 0.0, 1.0)
-    alignment = jnp.power(cls_scores, alpha) * jnp.power(iou, beta)
+    alignment = _power(cls_scores, alpha) * _power(iou, beta)
     alignment = jnp.where(in_gt, alignment, 0.0)
 
     # Top-k anchors per box among those with positive alignment.
