@@ -15,22 +15,11 @@ import torch
 from flax import nnx
 
 import reference_torch as R
+from reference_torch.testing import randomize_batchnorm
 from yolo11_jax import YOLOv11, convert
 from yolo11_jax.model import jit_forward
 
 KINDS = ("cls_logits", "box_ltrb", "box_raw")
-
-
-def randomize_batchnorm(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
 
 
 def worst_errors(base, depth, num_classes, shape, seed=0):

@@ -8,6 +8,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from reference_torch.testing import randomize_batchnorm  # noqa: E402,F401  (re-exported for tests)
+
 jax.config.update("jax_default_matmul_precision", "highest")
 # Several tests compile the same programs again (each train() run builds its own jitted
 # step); a persistent compilation cache for the session turns those into cache hits.
@@ -33,20 +35,6 @@ def rel_l2(a, b) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
-def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
-    """Give every BatchNorm non-trivial affine parameters and running statistics, so that
-    eval-mode parity tests exercise them (fresh ones are the identity)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
 
 
 def nchw(x: np.ndarray) -> torch.Tensor:
