@@ -12,7 +12,6 @@ or optimizer: a sum of the outputs) to show what the non-convolution work costs.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import platform
 import time
