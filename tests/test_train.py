@@ -102,3 +102,19 @@ def test_help_documents_every_option():
         assert "--" + field.replace("_", "-") in text, field
     for preset in TRAIN_PRESETS:
         assert preset in text
+
+
+def test_cli_reports_unreadable_data_without_a_traceback(tmp_path, capsys, monkeypatch):
+    from yolo11_jax import train as train_mod
+
+    rc = train_mod.main(["--preset", "smoke", "--data", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "a")])
+    assert rc == 2
+    assert "missing" in capsys.readouterr().err
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'detection-datasets/coco' on the Hub")
+
+    monkeypatch.setattr(train_mod, "build_dataset", unreachable)
+    rc = train_mod.main(["--preset", "notebook", "--run-dir", str(tmp_path / "b")])
+    assert rc == 2
+    assert "could not read the data" in capsys.readouterr().err

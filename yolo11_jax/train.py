@@ -381,6 +381,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # unreachable Hub, missing files (ConnectionError is an OSError)
+        print(f"error: could not read the data or write the run: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
