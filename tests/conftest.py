@@ -48,3 +48,27 @@ def to_nhwc(t: torch.Tensor) -> np.ndarray:
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
+
+
+RUN_IMG_SIZE = 64
+
+
+def make_run_dir(path, letterbox: bool = False):
+    """A run directory as ``train.py`` leaves it (config.json + weights.safetensors), with
+    random, untrained ``tiny`` weights: for the evaluate and predict commands."""
+    import json
+
+    from flax import nnx
+
+    from yolo11_jax import convert
+    from yolo11_jax.data import SHAPES_CLASS_NAMES
+    from yolo11_jax.presets import build_model
+
+    path.mkdir(parents=True, exist_ok=True)
+    model = build_model("tiny", num_classes=4, rngs=nnx.Rngs(0))
+    convert.save_safetensors(model, path / "weights.safetensors")
+    cfg = dict(model="tiny", num_classes=4, class_names=list(SHAPES_CLASS_NAMES), img_size=RUN_IMG_SIZE,
+               letterbox=letterbox, data="shapes", val_data=None, val_split="validation",
+               shapes_img_size=RUN_IMG_SIZE, shapes_val_images=16)
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path

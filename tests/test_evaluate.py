@@ -4,27 +4,16 @@ import json
 import math
 
 import pytest
-from flax import nnx
 
-from yolo11_jax import convert
 from yolo11_jax.data import SHAPES_CLASS_NAMES
 from yolo11_jax.evaluate import main
-from yolo11_jax.presets import build_model
 
-IMG_SIZE = 64
+from tests.conftest import RUN_IMG_SIZE as IMG_SIZE, make_run_dir
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A run directory as ``train.py`` leaves it: config.json + weights.safetensors."""
-    path = tmp_path_factory.mktemp("eval_run")
-    model = build_model("tiny", num_classes=4, rngs=nnx.Rngs(0))
-    convert.save_safetensors(model, path / "weights.safetensors")
-    cfg = dict(model="tiny", num_classes=4, class_names=list(SHAPES_CLASS_NAMES), img_size=IMG_SIZE,
-               letterbox=False, data="shapes", val_data=None, val_split="validation",
-               shapes_img_size=IMG_SIZE, shapes_val_images=16)
-    (path / "config.json").write_text(json.dumps(cfg))
-    return path
+    return make_run_dir(tmp_path_factory.mktemp("eval_run"))
 
 
 def test_evaluate_cli_prints_map_and_writes_json(run_dir, tmp_path, capsys):

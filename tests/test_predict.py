@@ -24,19 +24,7 @@ from yolo11_jax.predict import (
 )
 from yolo11_jax.presets import build_model
 
-IMG_SIZE = 64
-
-
-def make_run_dir(path, letterbox=False):
-    """A run directory as ``train.py`` leaves it, with random (untrained) tiny weights."""
-    path.mkdir(parents=True, exist_ok=True)
-    model = build_model("tiny", num_classes=4, rngs=nnx.Rngs(0))
-    convert.save_safetensors(model, path / "weights.safetensors")
-    cfg = dict(model="tiny", num_classes=4, class_names=list(SHAPES_CLASS_NAMES), img_size=IMG_SIZE,
-               letterbox=letterbox, data="shapes", val_data=None, val_split="validation",
-               shapes_img_size=IMG_SIZE, shapes_val_images=16)
-    (path / "config.json").write_text(json.dumps(cfg))
-    return path
+from tests.conftest import RUN_IMG_SIZE as IMG_SIZE, make_run_dir
 
 
 @pytest.fixture(scope="module")
