@@ -1,12 +1,23 @@
 """Time one full training step (forward, loss, backward, optimizer) in JAX and in reference_torch.
 
-Run:  python benchmarks/train_step.py --model small --img-size 128 --batch 16
-      python benchmarks/train_step.py --model notebook --img-size 640 --batch 4 --repeats 3
+Run (CPU):
+    python benchmarks/train_step.py --model small --img-size 128 --batch 16
+    python benchmarks/train_step.py --model notebook --img-size 640 --batch 4 --repeats 3
+    python benchmarks/train_step.py --model small --devices 1,2 --skip-torch   # 2 simulated CPU devices
+Run (GPU):
+    python benchmarks/train_step.py --model notebook --img-size 640 --batch 16,64 \\
+        --dtype float32,bfloat16 --skip-fwd-bwd
 
-Same preset, same batch, same CPU threads, one process. Reports both step times, their
-ratio (torch time / JAX time: > 1 means JAX is faster), achieved GFLOP/s (XLA's count of
-the JAX step), the JAX compile time, and the JAX forward+backward alone (no loss, assigner
-or optimizer: a sum of the outputs) to show what the non-convolution work costs.
+Same preset, same batch, same device, one process. For every (batch, dtype, devices) it
+reports the JAX step time and images/s, the compile time (separately), achieved GFLOP/s
+(XLA's count of the step), XLA's memory estimate of the step, and on GPU the device's peak
+memory and the model FLOP utilisation (3 x forward FLOPs per image, against ``--peak-tflops``).
+The reference step (float32, the notebook's code) runs on the same device for each batch
+size, and the ratio torch time / JAX time is printed (> 1: JAX is faster).
+``--devices 1,2`` runs the data-parallel step on meshes of 1 and 2 devices (on CPU the
+devices are simulated with ``--xla_force_host_platform_device_count``, set by this script).
+Without ``--skip-fwd-bwd`` it also times the JAX forward+backward alone (no loss, assigner or
+optimizer: a sum of the outputs) to show what the non-convolution work costs.
 """
 
 from __future__ import annotations
@@ -14,19 +25,57 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
-from flax import nnx
 
-import reference_torch as R
-from yolo11_jax import convert
-from yolo11_jax.optim import make_optimizer, make_schedule
-from yolo11_jax.presets import build_model, get_preset
-from yolo11_jax.step import TrainState, make_train_step, split_model
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="small", help="network preset: notebook, small, tiny")
+    ap.add_argument("--img-size", type=int, default=128)
+    ap.add_argument("--batch", default="16", help="global batch size(s), comma-separated")
+    ap.add_argument("--dtype", default="float32", help="JAX compute dtype(s): float32, bfloat16 (comma-separated)")
+    ap.add_argument("--devices", default="1", help="data-parallel device count(s), comma-separated")
+    ap.add_argument("--classes", type=int, default=80)
+    ap.add_argument("--max-boxes", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--torch-repeats", type=int, default=None, help="default: --repeats")
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--skip-fwd-bwd", action="store_true")
+    ap.add_argument("--torch-first", action="store_true",
+                    help="time the reference before JAX (on a GPU, with XLA_PYTHON_CLIENT_PREALLOCATE=false, so that "
+                         "both get the whole card)")
+    ap.add_argument("--peak-tflops", type=float, default=989.0,
+                    help="accelerator peak for the FLOP utilisation (default: H100/H200 SXM dense bf16)")
+    args = ap.parse_args(argv)
+    args.batches = [int(b) for b in args.batch.split(",")]
+    args.dtypes = args.dtype.split(",")
+    args.device_counts = [int(d) for d in args.devices.split(",")]
+    return args
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None and max(ARGS.device_counts) > 1 and "xla_force_host_platform_device_count" not in \
+        os.environ.get("XLA_FLAGS", ""):
+    # Only the host (CPU) platform is affected; must be set before JAX starts.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={max(ARGS.device_counts)}")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from flax import nnx  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import reference_torch as R  # noqa: E402
+from yolo11_jax import convert, parallel  # noqa: E402
+from yolo11_jax.optim import make_optimizer, make_schedule  # noqa: E402
+from yolo11_jax.presets import build_model, get_preset  # noqa: E402
+from yolo11_jax.step import TrainState, make_train_step, split_model  # noqa: E402
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def make_batch(batch, img_size, num_classes, max_boxes, seed=0):
@@ -51,85 +100,183 @@ def timed(fn, repeats):
     return (time.perf_counter() - t0) / repeats
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="small")
-    ap.add_argument("--img-size", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--classes", type=int, default=80)
-    ap.add_argument("--max-boxes", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--skip-torch", action="store_true")
-    args = ap.parse_args()
+def _cost(compiled, key):
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float((cost or {}).get(key, float("nan")))
 
+
+def _xla_bytes(compiled):
+    try:
+        m = compiled.memory_analysis()
+        return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+    except Exception:  # not every backend reports it
+        return float("nan")
+
+
+def _device_peak_bytes():
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use", float("nan"))
+
+
+def main(args):
     p = get_preset(args.model)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__} "
-          f"({jax.devices()[0].platform}); torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    print(f"model {args.model} (base {p.base}, depth {p.depth}), {args.classes} classes, "
-          f"batch {args.batch} at {args.img_size}px, max_boxes {args.max_boxes}")
-    batch = make_batch(args.batch, args.img_size, args.classes, args.max_boxes)
+    dev = jax.devices()[0]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__} ({dev.platform}: "
+          f"{dev.device_kind}, {jax.device_count()} devices); torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''})")
+    print(f"model {args.model} (base {p.base}, depth {p.depth}), {args.classes} classes, {args.img_size}px, "
+          f"max_boxes {args.max_boxes}; batches {args.batches}, dtypes {args.dtypes}, devices {args.device_counts}")
 
     torch.manual_seed(0)
     ref = R.YOLOv11(num_classes=args.classes, base=p.base, depth=p.depth)
+    # The JAX weights are the reference's (converted), so initial values do not matter here:
+    # the cheaper-to-compile 'rbg' generator makes the throwaway initialisation fast.
+    prng = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", "rbg")
     model = build_model(args.model, num_classes=args.classes, rngs=nnx.Rngs(0))
+    jax.config.update("jax_default_prng_impl", prng)
     convert.load_state_dict(model, ref.state_dict())
     model.train()
+    host_state = None
+    torch_times = run_torch_and_release(args, ref) if args.torch_first and not args.skip_torch else None
 
-    # ---- JAX: full step
-    graphdef, params, rest = split_model(model)
-    lr_fn = make_schedule(1e-3, schedule="epoch-cosine", epochs=5, steps_per_epoch=100)
-    tx = make_optimizer(lr_fn, weight_decay=0.05, clip_norm=10.0)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
-    step = make_train_step(graphdef, tx, lr_fn=lr_fn, img_size=args.img_size, num_classes=args.classes)
-    dev_batch = jax.device_put(batch)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, dev_batch).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", float("nan")))
-    holder = {"state": state}
+    # ---- JAX: build and compile every configuration (compiled concurrently: XLA releases the GIL)
+    configs = []
+    for batch_size in args.batches:
+        batch = make_batch(batch_size, args.img_size, args.classes, args.max_boxes)
+        for dtype in args.dtypes:
+            for n_dev in args.device_counts:
+                configs.append(dict(batch_size=batch_size, batch=batch, dtype=dtype, n_dev=n_dev))
+    for c in configs:
+        from yolo11_jax.model import set_compute_dtype
+        set_compute_dtype(model, DTYPES[c["dtype"]])
+        graphdef, params, rest = split_model(model)
+        if host_state is None:
+            host_state = jax.device_get((params, rest))
+        lr_fn = make_schedule(1e-3, schedule="epoch-cosine", epochs=5, steps_per_epoch=100)
+        tx = make_optimizer(lr_fn, weight_decay=0.05, clip_norm=10.0)
+        mesh = parallel.make_mesh(c["n_dev"])
+        parallel.check_batch_size(c["batch_size"], mesh, "--batch")
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=host_state[0], rest=host_state[1],
+                           opt_state=tx.init(host_state[0]))
+        c["state"] = parallel.replicate(state, mesh)
+        c["dev_batch"] = parallel.global_batch(c["batch"], mesh)
+        c["step"] = make_train_step(graphdef, tx, lr_fn=lr_fn, mesh=mesh, img_size=args.img_size,
+                                    num_classes=args.classes)
+        c["graphdef"] = graphdef
+    set_compute_dtype(model, None)
 
-    def jax_step():
-        holder["state"], m = compiled(holder["state"], dev_batch)
-        jax.block_until_ready(m)
+    def compile_one(c):
+        t0 = time.perf_counter()
+        compiled = c["step"].lower(c["state"], c["dev_batch"]).compile()
+        return compiled, time.perf_counter() - t0
 
-    jax_s = timed(jax_step, args.repeats)
+    with ThreadPoolExecutor(max_workers=len(configs)) as pool:
+        results = list(pool.map(compile_one, configs))
+    for c, (compiled, seconds) in zip(configs, results):
+        c["compiled"], c["compile_s"] = compiled, seconds
 
-    # ---- JAX: forward + backward alone (no loss/assigner/optimizer)
-    def fwd_bwd_loss(params, rest, images):
-        m = nnx.merge(graphdef, params, rest, copy=True)
-        return sum(jnp.sum(o) * 1e-3 for lvl in m(images) for o in lvl)
+    # Model FLOPs: 3 x the float32 forward FLOPs (forward + backward), per image.
+    fwd = jax.jit(lambda s, x: nnx.merge(configs[0]["graphdef"], *s)(x))
+    fwd_flops = _cost(fwd.lower(host_state, jnp.zeros((1, args.img_size, args.img_size, 3))).compile(), "flops")
+    print(f"forward: {fwd_flops / 1e9:.1f} GFLOP per image (XLA count); model FLOPs/step = 3 x forward x batch")
 
-    fb = jax.jit(jax.grad(fwd_bwd_loss)).lower(params, rest, dev_batch["images"]).compile()
-    fb_s = timed(lambda: jax.block_until_ready(fb(holder["state"].params, rest, dev_batch["images"])),
-                 args.repeats)
+    rows = []
+    for c in configs:
+        holder = {"state": c["state"]}
+        compiled, dev_batch = c["compiled"], c["dev_batch"]
 
-    print(f"JAX compile (full step):      {compile_s:8.1f} s")
-    print(f"JAX full step:                {jax_s * 1e3:8.1f} ms   ({flops / jax_s / 1e9:.1f} GFLOP/s, "
-          f"{flops / 1e9:.1f} GFLOP/step)")
-    print(f"JAX forward+backward only:    {fb_s * 1e3:8.1f} ms   (non-conv work = "
-          f"{100 * (jax_s - fb_s) / jax_s:.1f}% of the step)")
+        def jax_step():
+            holder["state"], m = compiled(holder["state"], dev_batch)
+            jax.block_until_ready(m)
 
-    if not args.skip_torch:
-        ref.train()
-        loss_fn = R.YOLOv11Loss(num_classes=args.classes, img_size=args.img_size)
-        opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.05)
-        imgs = torch.from_numpy(batch["images"]).permute(0, 3, 1, 2).contiguous()
-        gtb = [torch.from_numpy(batch["boxes_cxcywh"][i][batch["mask"][i]]) for i in range(args.batch)]
-        gtl = [torch.from_numpy(batch["labels"][i][batch["mask"][i]]).long() for i in range(args.batch)]
+        secs = timed(jax_step, args.repeats)
+        c["state"] = holder.pop("state")
+        flops = _cost(compiled, "flops")
+        mfu = 3 * fwd_flops * c["batch_size"] / secs / (args.peak_tflops * 1e12)
+        row = dict(batch=c["batch_size"], dtype=c["dtype"], devices=c["n_dev"], ms=secs * 1e3,
+                   img_s=c["batch_size"] / secs, compile_s=c["compile_s"], gflops_s=flops / secs / 1e9,
+                   xla_gib=_xla_bytes(compiled) / 2**30, mfu=mfu)
+        if not args.skip_fwd_bwd and c["n_dev"] == 1:
+            graphdef = c["graphdef"]
 
-        def torch_step():
+            def fwd_bwd_loss(params, rest, images):
+                m = nnx.merge(graphdef, params, rest, copy=True)
+                return sum(jnp.sum(o) * 1e-3 for lvl in m(images) for o in lvl)
+
+            st = c["state"]
+            fb = jax.jit(jax.grad(fwd_bwd_loss)).lower(st.params, st.rest, dev_batch["images"]).compile()
+            fb_s = timed(lambda: jax.block_until_ready(fb(st.params, st.rest, dev_batch["images"])), args.repeats)
+            row["fwd_bwd_ms"] = fb_s * 1e3
+            row["non_conv_pct"] = 100 * (secs - fb_s) / secs
+        rows.append(row)
+        del c["state"], c["compiled"]
+        print(f"JAX  batch {row['batch']:3d} {row['dtype']:8s} x{row['devices']} dev: {row['ms']:9.1f} ms/step  "
+              f"{row['img_s']:8.1f} img/s  compile {row['compile_s']:6.1f} s  {row['gflops_s']:9.1f} GFLOP/s  "
+              f"XLA memory {row['xla_gib']:.2f} GiB"
+              + (f"  MFU {100 * row['mfu']:.1f}% of {args.peak_tflops:.0f} TFLOP/s" if dev.platform == "gpu" else "")
+              + (f"  fwd+bwd only {row['fwd_bwd_ms']:.1f} ms (non-conv {row['non_conv_pct']:.1f}%)"
+                 if "fwd_bwd_ms" in row else ""), flush=True)
+    if dev.platform == "gpu":
+        print(f"JAX device peak memory (all configurations): {_device_peak_bytes() / 2**30:.2f} GiB")
+    base = {(r["batch"], r["dtype"]): r for r in rows if r["devices"] == 1}
+    for r in rows:
+        if r["devices"] > 1 and (r["batch"], r["dtype"]) in base:
+            b = base[(r["batch"], r["dtype"])]
+            print(f"data parallel: batch {r['batch']} {r['dtype']} on {r['devices']} devices takes "
+                  f"{r['ms'] / b['ms']:.2f}x the 1-device step time")
+
+    torch_ms = torch_times if torch_times is not None else ({} if args.skip_torch else run_torch(args, ref))
+    for batch_size, ms in torch_ms.items():
+        for r in rows:
+            if r["batch"] == batch_size:
+                print(f"ratio torch / JAX at batch {batch_size} ({r['dtype']}, {r['devices']} dev): "
+                      f"{ms / r['ms']:6.2f}x  (torch {batch_size / ms * 1e3:.1f} img/s, JAX {r['img_s']:.1f} img/s;"
+                      f" > 1: JAX faster)")
+    return rows
+
+
+def run_torch(args, ref) -> dict:
+    """The reference step (float32, the notebook's code) per batch size: {batch: ms}."""
+    use_cuda = torch.cuda.is_available()
+    tdev = torch.device("cuda" if use_cuda else "cpu")
+    ref = ref.to(tdev).train()
+    loss_fn = R.YOLOv11Loss(num_classes=args.classes, img_size=args.img_size)
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.05)
+    out = {}
+    for batch_size in args.batches:
+        batch = make_batch(batch_size, args.img_size, args.classes, args.max_boxes)
+        imgs = torch.from_numpy(batch["images"]).permute(0, 3, 1, 2).contiguous().to(tdev)
+        gtb = [torch.from_numpy(batch["boxes_cxcywh"][i][batch["mask"][i]]).to(tdev) for i in range(batch_size)]
+        gtl = [torch.from_numpy(batch["labels"][i][batch["mask"][i]]).long().to(tdev) for i in range(batch_size)]
+
+        def torch_step(imgs=imgs, gtb=gtb, gtl=gtl):
             loss, _ = loss_fn(ref(imgs), gtb, gtl)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm=10.0)
             opt.step()
+            if use_cuda:
+                torch.cuda.synchronize()
 
-        torch_s = timed(torch_step, args.repeats)
-        print(f"torch full step:              {torch_s * 1e3:8.1f} ms")
-        print(f"ratio (torch / JAX):          {torch_s / jax_s:8.2f}x  (> 1: JAX faster)")
+        if use_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        torch_s = timed(torch_step, args.torch_repeats or args.repeats)
+        peak = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if use_cuda else ""
+        print(f"torch batch {batch_size:3d} float32 ({tdev.type}): {torch_s * 1e3:9.1f} ms/step  "
+              f"{batch_size / torch_s:8.1f} img/s{peak}", flush=True)
+        out[batch_size] = torch_s * 1e3
+    ref.to("cpu")
+    return out
+
+
+def run_torch_and_release(args, ref) -> dict:
+    out = run_torch(args, ref)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # hand the memory back before JAX runs (see --torch-first)
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

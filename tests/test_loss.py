@@ -10,7 +10,6 @@ in float64 (tests/_float64_grad_check.py; see the test for why).
 """
 
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -27,7 +26,7 @@ import reference_torch as R
 from yolo11_jax import YOLOv11, convert
 from yolo11_jax.loss import detection_loss
 from yolo11_jax.step import loss_and_grads, make_loss_fn, split_model
-from tests.conftest import nchw, randomize_batchnorm, rel_l2
+from tests.conftest import nchw, randomize_batchnorm, rel_l2, subprocess_env
 
 FLOAT64_CHECK = Path(__file__).with_name("_float64_grad_check.py")
 
@@ -157,7 +156,7 @@ def test_notebook_network_gradients_match_reference_at_640_in_float64():
     the issue asks for 1e-3), c2psa.attn.out_proj.bias (exact gradient 0) within 3e-18 x the
     largest gradient norm. About 2 minutes on 2 CPU cores.
     """
-    env = dict(os.environ, JAX_ENABLE_X64="1")
+    env = subprocess_env(JAX_ENABLE_X64="1")
     res = subprocess.run([sys.executable, str(FLOAT64_CHECK), "--img-size", "640", "--counts", "9"],
                          env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]

@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import reference_torch as R
 from yolo11_jax.train import NonFiniteLossError, TrainConfig, build_parser, train, TRAIN_PRESETS
+from tests.conftest import subprocess_env
 
 SMOKE = dict(TRAIN_PRESETS["smoke"], val_split=None, eval_every=0, workers=1)
 
@@ -26,7 +26,7 @@ def epoch_rows(run_dir):
 def test_cli_writes_every_promised_output(tmp_path):
     run = tmp_path / "cli"
     proc = subprocess.run([sys.executable, "-m", "yolo11_jax.train", "--preset", "smoke", "--run-dir", str(run),
-                           "--eval-every", "2"], capture_output=True, text=True, timeout=600)
+                           "--eval-every", "2"], capture_output=True, text=True, timeout=600, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("config.json", "metrics.jsonl", "loss_curves.png", "sample_batch.png", "iou_variants.png",
                  "map_curve.png", "weights.safetensors"):

@@ -42,6 +42,43 @@ def _power(x: jax.Array, p: float) -> jax.Array:
     return jnp.power(x, p)
 
 
+def _chunk_size(n: int, k: int) -> int:
+    """Chunk length for :func:`_top_k`: near ``sqrt(n / k)``, which balances the two top-k
+    passes (``n / c`` chunk maxima, then ``k * c`` candidates); a divisor of ``n`` if one is
+    close, so that no padding is needed."""
+    target = max(1, round((n / k) ** 0.5))
+    for d in sorted(range(max(1, target // 2), 2 * target + 1), key=lambda d: abs(d - target)):
+        if n % d == 0:
+            return d
+    return target
+
+
+def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``lax.top_k(x, k)`` over the last axis, exactly (values, indices, and the lower index
+    first on ties), in two small passes instead of one over the whole axis.
+
+    The last axis is cut into chunks of ``c``; the ``k`` chunks with the largest maxima hold
+    every top-k element (a chunk holding one has a maximum at least the k-th value, and on
+    ties ``top_k`` prefers lower chunks, which hold the lower indices). Those chunks, in
+    index order, are gathered and ``top_k`` runs over their ``k * c`` entries.
+    """
+    n = x.shape[-1]
+    c = _chunk_size(n, k)
+    n_chunks = -(-n // c)
+    if n_chunks <= 2 * k:  # too short to gain anything
+        return jax.lax.top_k(x, k)
+    if n_chunks * c != n:
+        pad = [(0, 0)] * (x.ndim - 1) + [(0, n_chunks * c - n)]
+        x = jnp.pad(x, pad, constant_values=-jnp.inf)
+    chunks = x.reshape(*x.shape[:-1], n_chunks, c)
+    _, chunk_ids = jax.lax.top_k(jnp.max(chunks, axis=-1), k)
+    chunk_ids = jnp.sort(chunk_ids, axis=-1)                                    # index order
+    cand = jnp.take_along_axis(chunks, chunk_ids[..., None], axis=-2)           # (..., k, c)
+    cand_idx = chunk_ids[..., None] * c + jnp.arange(c, dtype=chunk_ids.dtype)
+    vals, pos = jax.lax.top_k(cand.reshape(*cand.shape[:-2], k * c), k)
+    return vals, jnp.take_along_axis(cand_idx.reshape(*cand_idx.shape[:-2], k * c), pos, axis=-1)
+
+
 @functools.partial(jax.jit, static_argnames=("topk", "alpha", "beta", "eps"))
 def task_aligned_assign(
     pred_scores: jax.Array,
@@ -99,16 +136,21 @@ def task_aligned_assign(
     alignment = _power(cls_scores, alpha) * _power(iou, beta)
     alignment = jnp.where(in_gt, alignment, 0.0)
 
-    # Top-k anchors per box among those with positive alignment.
+    # Top-k anchors per box among those with positive alignment: (B, M, k) candidates.
     k = min(topk, a)
-    top_vals, top_idx = jax.lax.top_k(alignment, k)                            # (B, M, k)
-    bi = jnp.arange(b)[:, None, None]
-    mi = jnp.arange(m)[None, :, None]
-    topk_mask = jnp.zeros((b, m, a), bool).at[bi, mi, top_idx].set(top_vals > 0)
-    alignment = jnp.where(topk_mask, alignment, 0.0)
+    top_vals, top_idx = _top_k(alignment, k)
+    selected = top_vals > 0
+    top_vals = jnp.where(selected, top_vals, 0.0)
 
-    assigned_gt = jnp.argmax(alignment, axis=1)                                # (B, A)
-    max_alignment = jnp.max(alignment, axis=1)                                 # (B, A)
+    # Conflicts, on the B*M*k candidates instead of the dense (B, M, A) array: an anchor's
+    # alignment is the largest among the boxes that selected it (scatter-max), and it goes to
+    # the first such box reaching that value (scatter-min of the box index), as argmax over M.
+    bi = jnp.arange(b)[:, None, None]
+    mi = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32)[None, :, None], top_idx.shape)
+    max_alignment = jnp.zeros((b, a), dtype).at[bi, top_idx].max(top_vals)                  # (B, A)
+    is_best = selected & (top_vals == max_alignment[bi, top_idx])
+    assigned_gt = jnp.full((b, a), m, jnp.int32).at[bi, top_idx].min(jnp.where(is_best, mi, m))
+    assigned_gt = jnp.where(assigned_gt == m, 0, assigned_gt)                              # (B, A)
     fg_mask = ~(max_alignment < eps)
 
     labels = jnp.where(fg_mask, jnp.take_along_axis(safe_labels, assigned_gt, axis=1), -1)

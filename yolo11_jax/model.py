@@ -273,12 +273,13 @@ class DFLHead(nnx.Module):
             c = layer(c)
         for layer in self.reg_convs:
             r = layer(r)
-        cls_logits = self.cls_pred(c)
-        box_raw = self.reg_pred(r)
+        # The outputs leave the network in at least float32 (bfloat16 compute: see set_compute_dtype).
+        dtype = jnp.promote_types(c.dtype, jnp.float32)
+        cls_logits = self.cls_pred(c).astype(dtype)
+        box_raw = self.reg_pred(r).astype(dtype)
         b, h, w, _ = box_raw.shape
         # Channel index is side * reg_max + bin, as torch's view(B, 4, reg_max, H, W).
-        dtype = jnp.promote_types(box_raw.dtype, jnp.float32)
-        dist = jax.nn.softmax(box_raw.reshape(b, h, w, 4, self.reg_max).astype(dtype), axis=-1)
+        dist = jax.nn.softmax(box_raw.reshape(b, h, w, 4, self.reg_max), axis=-1)
         proj = jnp.arange(self.reg_max, dtype=dtype)
         box_ltrb = jnp.sum(dist * proj, axis=-1)
         return cls_logits, box_ltrb, box_raw
@@ -302,6 +303,8 @@ class YOLOv11(nnx.Module):
       base: stem width; channels are base x (1, 2, 4, 8, 16). The notebook's is 64.
       depth: bottlenecks per C3k2 block. The notebook's is 2.
       in_channels: image channels (3).
+      dtype: compute dtype of the convolutions and the attention (``None``: the inputs'
+        dtype, i.e. float32). ``jnp.bfloat16`` is mixed precision: see ``set_compute_dtype``.
       rngs: parameter initialisation keys.
 
     Call ``model(images)`` with images ``(B, H, W, in_channels)``, H and W
@@ -314,7 +317,7 @@ class YOLOv11(nnx.Module):
     """
 
     def __init__(self, num_classes: int = 80, reg_max: int = 16, *, base: int = 64, depth: int = 2,
-                 in_channels: int = 3, rngs: nnx.Rngs):
+                 in_channels: int = 3, dtype=None, rngs: nnx.Rngs):
         c3, c4, c5 = base * 4, base * 8, base * 16
         self.num_classes = num_classes
         self.reg_max = reg_max
@@ -324,6 +327,7 @@ class YOLOv11(nnx.Module):
         self.pan = PAN(c3, c4, c5, depth, rngs=rngs)
         self.c2psa = C2PSA(c5, rngs=rngs)
         self.head = DetectionHead((c3, c4, c5), num_classes, reg_max, rngs=rngs)
+        set_compute_dtype(self, dtype)
 
     def check_input(self, images) -> None:
         """Raise ``ValueError`` unless images are (B, H, W, in_channels) with H, W multiples of 32."""
@@ -348,6 +352,24 @@ class YOLOv11(nnx.Module):
         p3, p4, p5 = self.fpn(p3, p4, p5)
         p3, p4, p5 = self.pan(p3, p4, p5)
         return self.head([p3, p4, p5])
+
+
+def set_compute_dtype(model: nnx.Module, dtype) -> nnx.Module:
+    """Run every convolution and the attention of ``model`` in ``dtype`` (in place; returns it).
+
+    ``dtype=jnp.bfloat16`` is mixed precision: the parameters stay float32 (each layer casts
+    its kernel), the activations between layers are bfloat16, and the BatchNorm statistics and
+    normalisation, the DFL softmax and the network's outputs are float32, so the loss and the
+    assigner run in float32. ``None`` restores full precision (the inputs' dtype).
+    """
+    dtype = None if dtype is None else jnp.dtype(dtype)
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, (nnx.Conv, nnx.MultiHeadAttention)):
+            module.dtype = dtype
+        if isinstance(module, nnx.MultiHeadAttention):
+            for proj in (module.query, module.key, module.value, module.out):
+                proj.dtype = dtype
+    return model
 
 
 def count_parameters(model: YOLOv11, *, notebook_style: bool = True) -> int:

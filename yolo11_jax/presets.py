@@ -50,9 +50,10 @@ def get_preset(name: str) -> ModelPreset:
 
 
 def build_model(preset: str | ModelPreset, *, num_classes: int | None = None, reg_max: int | None = None,
-                rngs: nnx.Rngs) -> YOLOv11:
-    """A ``YOLOv11`` of the preset's size, optionally with another class count."""
+                dtype=None, rngs: nnx.Rngs) -> YOLOv11:
+    """A ``YOLOv11`` of the preset's size, optionally with another class count and a compute
+    dtype (``jnp.bfloat16`` for mixed precision; see ``model.set_compute_dtype``)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     return YOLOv11(num_classes if num_classes is not None else p.num_classes,
                    reg_max if reg_max is not None else p.reg_max,
-                   base=p.base, depth=p.depth, rngs=rngs)
+                   base=p.base, depth=p.depth, dtype=dtype, rngs=rngs)

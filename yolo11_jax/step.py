@@ -71,7 +71,7 @@ def global_norm(tree) -> jax.Array:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, *, lr_fn: Callable | None = None,
-                    **loss_kwargs) -> Callable:
+                    mesh: jax.sharding.Mesh | None = None, **loss_kwargs) -> Callable:
     """A jitted ``train_step(state, batch) -> (state, metrics)`` that donates ``state``.
 
     ``tx`` must come from ``optim.make_optimizer``. As in the notebook's loop, a batch without
@@ -80,10 +80,20 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, lr_fn: Callab
     ``metrics`` are device scalars: the loss parts, ``num_pos``, ``grad_norm``
     (before clipping), ``param_norm`` and, if ``lr_fn(step)`` is given, ``lr``.
     Nothing is pulled to the host.
+
+    With a ``mesh`` (see ``parallel.make_mesh``) the step is data-parallel: the batch is
+    sharded along its first axis over the mesh's ``data`` axis, the state and the metrics are
+    replicated, and every batch statistic is global (see ``parallel``).
     """
     loss_fn = make_loss_fn(graphdef, **loss_kwargs)
+    if mesh is None:
+        jit = functools.partial(jax.jit, donate_argnums=(0,))
+    else:
+        from yolo11_jax.parallel import batch_sharded, replicated
+        jit = functools.partial(jax.jit, donate_argnums=(0,), in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                                out_shardings=(replicated(mesh), replicated(mesh)))
 
-    @functools.partial(jax.jit, donate_argnums=(0,))
+    @jit
     def train_step(state: TrainState, batch: Batch):
         (_, (parts, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.rest, batch)

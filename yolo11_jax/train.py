@@ -13,6 +13,14 @@ Presets (``--preset``; every other option overrides the preset):
   5 epochs, 32 images streamed from ``detection-datasets/coco`` (needs the Hub).
 * ``smoke``: a seconds-long run of the tiny network, for tests and trying options.
 
+Data parallelism: the step runs on a ``jax.sharding.Mesh`` over all devices (``--devices``
+takes fewer), the global ``--batch-size`` split over them; BatchNorm statistics and the loss
+are global, so results do not depend on the device count (see ``yolo11_jax.parallel``).
+Several processes (hosts): give each ``--coordinator-address HOST:PORT --num-processes N
+--process-id I`` (or ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``)
+and the same ``--run-dir``; each prepares its rows of every batch, process 0 writes the logs,
+plots and exports, and all take part in the Orbax checkpoints.
+
 Outputs in the run directory: ``config.json``, ``metrics.jsonl``, ``checkpoints/``
 (Orbax), ``weights.safetensors`` (the reference's key names), ``loss_curves.png``,
 ``sample_batch.png``, ``iou_variants.png`` and, with evaluation, ``map_curve.png``.
@@ -37,7 +45,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from yolo11_jax import convert, plots
+from yolo11_jax import convert, parallel, plots
 from yolo11_jax.data import BatchLoader, build_dataset
 from yolo11_jax.evaluate import eval_graphdef, evaluate_examples
 from yolo11_jax.model import count_parameters
@@ -89,7 +97,14 @@ class TrainConfig:
     keep_checkpoints: int = 3
     workers: int = 2
     run_dir: Optional[str] = None
+    dtype: str = "float32"
+    devices: Optional[int] = None            # default: all devices (of all processes)
+    coordinator_address: Optional[str] = None
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
 
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {},
@@ -149,7 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
         "eval_batch_size": "batch size for evaluation",
         "keep_checkpoints": "checkpoints kept (the newest)",
         "workers": "background threads preparing batches",
-        "run_dir": "output directory (default: runs/<time>)",
+        "run_dir": "output directory (default: runs/<time>; give the same one to every process)",
+        "dtype": "compute dtype of the convolutions and attention: float32, or bfloat16 (mixed precision: "
+                 "parameters, BatchNorm statistics, loss and assigner stay float32; recommended on GPU)",
+        "devices": "use the first N devices for data parallelism (default: all; the batch size must be "
+                   "divisible by N)",
+        "coordinator_address": "multi-process: HOST:PORT of process 0's coordinator (env JAX_COORDINATOR_ADDRESS)",
+        "num_processes": "multi-process: number of processes (env JAX_NUM_PROCESSES)",
+        "process_id": "multi-process: this process's index, 0 .. N-1 (env JAX_PROCESS_ID)",
     }
     skip = {"preset", "class_names"}
     for field in dataclasses.fields(TrainConfig):
@@ -161,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
             ap.add_argument(_flag(field.name), action=argparse.BooleanOptionalAction, default=None,
                             help=f"{helps[field.name]} (cpu preset: {default})")
         else:
-            kw = dict(choices=SCHEDULES) if field.name == "schedule" else {}
+            kw = {"schedule": dict(choices=SCHEDULES), "dtype": dict(choices=sorted(DTYPES))}.get(field.name, {})
             ap.add_argument(_flag(field.name), type=kind, default=None,
                             help=f"{helps[field.name]} (cpu preset: {default})", **kw)
     return ap
@@ -185,6 +207,10 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("batch_size", "max_boxes", "epochs", "log_every"):
         if getattr(cfg, name) < 1:
             problems.append(f"{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.dtype not in DTYPES:
+        problems.append(f"--dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+    if cfg.devices is not None and cfg.devices < 1:
+        problems.append(f"--devices must be >= 1, got {cfg.devices}")
     if cfg.model not in PRESETS:
         problems.append(f"--model must be one of {sorted(PRESETS)}, got {cfg.model!r}")
     if problems:
@@ -199,7 +225,7 @@ def checkpoint_manager(run_dir: Path, keep: int) -> ocp.CheckpointManager:
 
 
 def save_checkpoint(mngr: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
-    step = int(jax.device_get(state.step))
+    step = int(parallel.to_host(state.step))
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
               force=True)
     mngr.wait_until_finished()
@@ -217,6 +243,17 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, like: TrainState, step: int 
 
 # ----------------------------------------------------------------------------- the run
 
+def _run_name() -> str:
+    """``YYYYmmdd-HHMMSS`` of process 0, so that every process writes to the same run directory."""
+    now = datetime.datetime.now()
+    stamp = np.array([int(now.strftime("%Y%m%d")), int(now.strftime("%H%M%S"))], np.int32)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        parallel.barrier("run-name")
+        stamp = np.asarray(multihost_utils.broadcast_one_to_all(stamp))
+    return f"{int(stamp[0]):08d}-{int(stamp[1]):06d}"
+
+
 def _mean_metrics(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
@@ -229,9 +266,15 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     interruption would; ``resume=run_dir`` continues it.
     """
     check_config(cfg)
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    parallel.initialize_distributed(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    primary = parallel.is_primary()  # only process 0 logs and writes files (Orbax: all take part)
+    mesh = parallel.make_mesh(cfg.devices)
+    parallel.check_batch_size(cfg.batch_size, mesh)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / _run_name()
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_dir = str(run_dir)
+    progress = progress and primary
     log = tqdm.write if progress else (lambda s: None)
 
     # ---- data
@@ -253,22 +296,28 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         log(f"validation data: {len(val_data.examples)} images ({cfg.val_split})")
     loader = BatchLoader(train_data.examples, batch_size=cfg.batch_size, img_size=cfg.img_size,
                          max_boxes=cfg.max_boxes, shuffle=True, seed=cfg.seed, drop_last=True,
-                         letterbox=cfg.letterbox, num_workers=cfg.workers, stats=train_data.stats)
+                         letterbox=cfg.letterbox, num_workers=cfg.workers, stats=train_data.stats,
+                         rows=parallel.process_rows(cfg.batch_size))
     steps_per_epoch = len(loader)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    if primary:
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
 
     # ---- model, optimizer, step
-    model = build_model(cfg.model, num_classes=cfg.num_classes, rngs=nnx.Rngs(cfg.seed))
+    model = build_model(cfg.model, num_classes=cfg.num_classes, dtype=DTYPES[cfg.dtype], rngs=nnx.Rngs(cfg.seed))
     eval_gd = eval_graphdef(model)
     model.train()
     graphdef, params, rest = split_model(model)
     log(f"model: {cfg.model}, {count_parameters(model):,} parameters, {cfg.num_classes} classes, "
-        f"{cfg.img_size}px; {steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+        f"{cfg.img_size}px, {cfg.dtype}; {steps_per_epoch} steps/epoch x {cfg.epochs} epochs; "
+        f"batch {cfg.batch_size} over {mesh.devices.size} {mesh.devices.flat[0].platform} device(s)"
+        + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
     lr_fn = make_schedule(cfg.lr, schedule=cfg.schedule, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                           warmup_steps=cfg.warmup_steps)
     tx = make_optimizer(lr_fn, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
-    train_step = make_train_step(graphdef, tx, lr_fn=lr_fn, img_size=cfg.img_size, num_classes=cfg.num_classes,
+    state = parallel.replicate(state, mesh)
+    train_step = make_train_step(graphdef, tx, lr_fn=lr_fn, mesh=mesh, img_size=cfg.img_size,
+                                 num_classes=cfg.num_classes,
                                  cls_weight=cfg.cls_weight, box_weight=cfg.box_weight, dfl_weight=cfg.dfl_weight,
                                  topk=cfg.topk)
 
@@ -277,15 +326,17 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     if resume is not None:
         state, meta = restore_checkpoint(mngr, state)
         start_epoch, history = meta["epoch"], meta.get("history", [])
-        log(f"resumed {run_dir} at epoch {start_epoch}, step {int(state.step)}")
+        log(f"resumed {run_dir} at epoch {start_epoch}, step {int(parallel.to_host(state.step))}")
 
-    metrics_file = (run_dir / "metrics.jsonl").open("a")
+    metrics_file = (run_dir / "metrics.jsonl").open("a") if primary else None
 
     def write_metrics(row: dict) -> None:
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
 
     # ---- loop
+    compiled_step = None
     t_start = time.perf_counter()
     end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
     for epoch in range(start_epoch, end_epoch):
@@ -294,18 +345,23 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                    dynamic_ncols=True, leave=True)
         for i, batch in enumerate(loader.epoch(epoch)):
-            if epoch == start_epoch and i == 0:
+            if epoch == start_epoch and i == 0 and primary:
                 plots.plot_sample_batch(batch["images"], batch["boxes_cxcywh"], batch["mask"], batch["labels"],
                                         run_dir / "sample_batch.png", class_names=cfg.class_names)
-            state, metrics = train_step(state, {k: batch[k] for k in BATCH_KEYS})
+            global_batch = parallel.global_batch({k: batch[k] for k in BATCH_KEYS}, mesh)
+            if compiled_step is None:  # compile once, then every process starts stepping together
+                compiled_step = train_step.lower(state, global_batch).compile()
+                parallel.barrier("compiled")
+            state, metrics = compiled_step(state, global_batch)
             pending.append(metrics)
-            n_interval += len(batch["images"])
+            n_interval += cfg.batch_size
             if len(pending) == cfg.log_every or i == steps_per_epoch - 1:
-                host = jax.device_get(pending)  # the only host sync: every log_every steps
+                host = parallel.to_host(pending)  # the only host sync: every log_every steps
                 bad = [r for r in host if not all(math.isfinite(float(r[k])) for k in LOSS_KEYS)]
                 if bad:
-                    metrics_file.close()
-                    step_now = int(jax.device_get(state.step))
+                    if metrics_file is not None:
+                        metrics_file.close()
+                    step_now = int(parallel.to_host(state.step))
                     last = mngr.latest_step()
                     raise NonFiniteLossError(
                         f"non-finite loss at epoch {epoch + 1}, within steps {step_now - len(pending) + 1}.."
@@ -314,7 +370,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
                            if last is not None else "no checkpoint had been written yet."))
                 dt = time.perf_counter() - t_interval
                 row = _mean_metrics([{k: float(v) for k, v in r.items()} for r in host])
-                row.update(epoch=epoch + 1, step=int(jax.device_get(state.step)),
+                row.update(epoch=epoch + 1, step=int(parallel.to_host(state.step)),
                            images_per_s=n_interval / dt)
                 write_metrics(dict(kind="interval", **row))
                 epoch_rows.extend(host)
@@ -326,29 +382,35 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         bar.close()
 
         summary = _mean_metrics([{k: float(v) for k, v in r.items()} for r in epoch_rows])
-        summary.update(epoch=epoch + 1, step=int(jax.device_get(state.step)),
+        summary.update(epoch=epoch + 1, step=int(parallel.to_host(state.step)),
                        lr=float(lr_fn(epoch * steps_per_epoch)),
                        elapsed_s=time.perf_counter() - t_start)
-        if val_data is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            res = evaluate_examples(eval_gd, (state.params, state.rest), val_data.examples, num_classes=cfg.num_classes,
+        if primary and val_data is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            # On process 0's first device, from host copies of the replicated state.
+            eval_states = jax.device_put(parallel.to_host((state.params, state.rest)), jax.local_devices()[0])
+            res = evaluate_examples(eval_gd, eval_states, val_data.examples, num_classes=cfg.num_classes,
                                     img_size=cfg.img_size, batch_size=cfg.eval_batch_size,
                                     letterbox=cfg.letterbox, class_names=cfg.class_names, progress=progress)
             summary.update(mAP=res["mAP"], AP50=res["AP50"], AP75=res["AP75"])
+        parallel.barrier(f"evaluated-{epoch}")  # process 0 may have evaluated alone
         history.append(summary)
         write_metrics(dict(kind="epoch", **summary))
         log(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
             f"{k}={summary[k]:.4g}" for k in ("total_loss", "cls_loss", "box_loss", "dfl_loss", "num_pos", "lr")
             if k in summary) + (f", mAP={summary['mAP']:.4f}, AP50={summary['AP50']:.4f}" if "mAP" in summary else ""))
         save_checkpoint(mngr, state, {"epoch": epoch + 1, "history": history, "config": dataclasses.asdict(cfg)})
-        plots.plot_loss_curves(history, run_dir / "loss_curves.png")
-        if any("mAP" in h for h in history):
-            plots.plot_map_curve(history, run_dir / "map_curve.png")
+        if primary:
+            plots.plot_loss_curves(history, run_dir / "loss_curves.png")
+            if any("mAP" in h for h in history):
+                plots.plot_map_curve(history, run_dir / "map_curve.png")
+        parallel.barrier(f"epoch-{epoch}")
 
-    metrics_file.close()
-    plots.plot_iou_variants(run_dir / "iou_variants.png")
-    nnx.update(model, state.params, state.rest)
-    convert.save_safetensors(model, run_dir / "weights.safetensors",
-                             metadata={"config": json.dumps(dataclasses.asdict(cfg))})
+    if primary:
+        metrics_file.close()
+        plots.plot_iou_variants(run_dir / "iou_variants.png")
+        nnx.update(model, *parallel.to_host((state.params, state.rest)))
+        convert.save_safetensors(model, run_dir / "weights.safetensors",
+                                 metadata={"config": json.dumps(dataclasses.asdict(cfg))})
     result = dict(run_dir=str(run_dir), history=history, data_summary=train_data.stats.summary(),
                   train_seconds=time.perf_counter() - t_start)
     log(f"data: {train_data.stats.summary()}")

@@ -70,6 +70,10 @@ class BatchLoader:
         0 prepares them synchronously in the consumer's thread.
       prefetch: batches prepared ahead of the consumer (bounded queue).
       stats: :class:`DataStats` to count truncated boxes into (``self.stats``).
+      rows: prepare only these rows of every batch (a ``slice`` of ``range(batch_size)``),
+        e.g. ``parallel.process_rows(batch_size)`` for this process's share of a global batch
+        in multi-process training. The order and the batches are those of the whole loader;
+        only the preparation (decoding, resizing) is restricted. Default: all rows.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class BatchLoader:
         num_workers: int = 2,
         prefetch: int = 2,
         stats: Optional[DataStats] = None,
+        rows: Optional[slice] = None,
     ) -> None:
         if batch_size < 1 or img_size < 1 or max_boxes < 1:
             raise ValueError(f"batch_size, img_size and max_boxes must be >= 1, got {batch_size}, {img_size}, {max_boxes}")
@@ -110,6 +115,9 @@ class BatchLoader:
         self.prefetch = prefetch
         self.stats = stats if stats is not None else DataStats()
         self.next_epoch = 0
+        self.rows = slice(*(slice(None) if rows is None else rows).indices(batch_size))
+        if self.rows.step != 1 or self.rows.stop <= self.rows.start:
+            raise ValueError(f"rows must be a non-empty contiguous slice of range({batch_size}), got {rows}")
         self._check_box_counts()
 
     def _check_box_counts(self) -> None:
@@ -206,7 +214,8 @@ class BatchLoader:
         for j in range(start_batch, len(all_idx)):
             first = j * self.batch_size
             num_valid = max(0, min(self.batch_size, n - first))
-            jobs.append((all_idx[j], None if num_valid == self.batch_size else num_valid))
+            local_valid = min(max(num_valid - self.rows.start, 0), self.rows.stop - self.rows.start)
+            jobs.append((all_idx[j][self.rows], None if num_valid == self.batch_size else local_valid))
         return self._run(jobs)
 
     def _run(self, jobs: list) -> Iterator[dict[str, np.ndarray]]:
