@@ -27,7 +27,6 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 
 def parse_args(argv=None):
@@ -141,7 +140,7 @@ def main(args):
     host_state = None
     torch_times = run_torch_and_release(args, ref) if args.torch_first and not args.skip_torch else None
 
-    # ---- JAX: build and compile every configuration (compiled concurrently: XLA releases the GIL)
+    # ---- JAX: build and compile every configuration
     configs = []
     for batch_size in args.batches:
         batch = make_batch(batch_size, args.img_size, args.classes, args.max_boxes)
@@ -172,15 +171,18 @@ def main(args):
         compiled = c["step"].lower(c["state"], c["dev_batch"]).compile()
         return compiled, time.perf_counter() - t0
 
-    with ThreadPoolExecutor(max_workers=len(configs)) as pool:
-        results = list(pool.map(compile_one, configs))
-    for c, (compiled, seconds) in zip(configs, results):
-        c["compiled"], c["compile_s"] = compiled, seconds
+    # One after the other: on an H200, compiling two notebook-size steps at once in threads did
+    # not finish in 170 s, while one alone compiles in 44-68 s (RESULTS.md).
+    for c in configs:
+        c["compiled"], c["compile_s"] = compile_one(c)
 
-    # Model FLOPs: 3 x the float32 forward FLOPs (forward + backward), per image.
-    fwd = jax.jit(lambda s, x: nnx.merge(configs[0]["graphdef"], *s)(x))
-    fwd_flops = _cost(fwd.lower(host_state, jnp.zeros((1, args.img_size, args.img_size, 3))).compile(), "flops")
-    print(f"forward: {fwd_flops / 1e9:.1f} GFLOP per image (XLA count); model FLOPs/step = 3 x forward x batch")
+    # Model FLOPs: 3 x the float32 forward FLOPs (forward + backward), per image. Counted by XLA's
+    # CPU compiler: on a GPU the convolutions are cuDNN calls that its cost analysis leaves out.
+    with jax.default_device(jax.devices("cpu")[0]):
+        fwd = jax.jit(lambda s, x: nnx.merge(configs[0]["graphdef"], *s)(x))
+        fwd_flops = _cost(fwd.lower(host_state, np.zeros((1, args.img_size, args.img_size, 3), np.float32)
+                                    ).compile(), "flops")
+    print(f"forward: {fwd_flops / 1e9:.2f} GFLOP per image (XLA CPU count); model FLOPs/step = 3 x forward x batch")
 
     rows = []
     for c in configs:
@@ -193,7 +195,7 @@ def main(args):
 
         secs = timed(jax_step, args.repeats)
         c["state"] = holder.pop("state")
-        flops = _cost(compiled, "flops")
+        flops = _cost(compiled, "flops")  # XLA's count of the whole step (GPU: without cuDNN convolutions)
         mfu = 3 * fwd_flops * c["batch_size"] / secs / (args.peak_tflops * 1e12)
         row = dict(batch=c["batch_size"], dtype=c["dtype"], devices=c["n_dev"], ms=secs * 1e3,
                    img_s=c["batch_size"] / secs, compile_s=c["compile_s"], gflops_s=flops / secs / 1e9,
