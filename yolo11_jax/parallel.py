@@ -145,15 +145,20 @@ def to_host(tree: Any) -> Any:
 def barrier(name: str, timeout_s: int = 3600) -> None:
     """Wait until every process gets here (no-op with one process).
 
-    Through the coordination service, not a device collective: a process that is still
-    compiling, or process 0 evaluating alone, would otherwise leave the others waiting in a
-    gloo all-reduce, whose timeout is short. ``name`` must be unique per call site and step.
+    Through the distributed runtime's coordination service, not a device collective: a
+    process that is still compiling, or process 0 evaluating alone, would otherwise leave the
+    others waiting in a gloo collective, whose timeout is short (Orbax's own barriers are
+    such collectives on this JAX version, so one of these goes before every Orbax call).
+    ``name`` must be unique per call site and step.
     """
     if jax.process_count() == 1:
         return
-    import orbax.checkpoint as ocp
+    from jax._src import distributed  # the client that jax.distributed.initialize created
 
-    ocp.multihost.sync_global_processes(f"yolo11_jax:{name}", timeout=timeout_s)
+    client = distributed.global_state.client
+    if client is None:
+        raise RuntimeError("parallel.barrier: jax.distributed is not initialized")
+    client.wait_at_barrier(f"yolo11_jax:{name}", timeout_in_ms=timeout_s * 1000)
 
 
 def is_primary() -> bool:

@@ -321,6 +321,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
                                  cls_weight=cfg.cls_weight, box_weight=cfg.box_weight, dfl_weight=cfg.dfl_weight,
                                  topk=cfg.topk)
 
+    parallel.barrier("setup")  # model init compiles per process; Orbax's next sync is a collective
     mngr = checkpoint_manager(run_dir, cfg.keep_checkpoints)
     start_epoch, history = 0, []
     if resume is not None:
@@ -392,7 +393,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
                                     img_size=cfg.img_size, batch_size=cfg.eval_batch_size,
                                     letterbox=cfg.letterbox, class_names=cfg.class_names, progress=progress)
             summary.update(mAP=res["mAP"], AP50=res["AP50"], AP75=res["AP75"])
-        parallel.barrier(f"evaluated-{epoch}")  # process 0 may have evaluated alone
+        parallel.barrier(f"evaluated-{epoch}")  # process 0 may have evaluated alone; saving syncs next
         history.append(summary)
         write_metrics(dict(kind="epoch", **summary))
         log(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
