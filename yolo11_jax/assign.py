@@ -43,40 +43,19 @@ def _power(x: jax.Array, p: float) -> jax.Array:
 
 
 def _chunk_size(n: int, k: int) -> int:
-    """Chunk length for :func:`_top_k`: near ``sqrt(n / k)``, which balances the two top-k
+    """Chunk length for the two-pass top-k: near ``sqrt(n / k)``, which balances the two
     passes (``n / c`` chunk maxima, then ``k * c`` candidates); a divisor of ``n`` if one is
-    close, so that no padding is needed."""
+    close, so that no padding is needed.
+
+    The pass is exact: the ``k`` chunks with the largest maxima hold every top-k element (a
+    chunk holding one has a maximum at least the k-th value, and on ties ``top_k`` prefers
+    lower chunks, which hold the lower indices); searched in index order, their ``k * c``
+    entries give ``lax.top_k``'s values, indices and tie-breaking."""
     target = max(1, round((n / k) ** 0.5))
     for d in sorted(range(max(1, target // 2), 2 * target + 1), key=lambda d: abs(d - target)):
         if n % d == 0:
             return d
     return target
-
-
-def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """``lax.top_k(x, k)`` over the last axis, exactly (values, indices, and the lower index
-    first on ties), in two small passes instead of one over the whole axis.
-
-    The last axis is cut into chunks of ``c``; the ``k`` chunks with the largest maxima hold
-    every top-k element (a chunk holding one has a maximum at least the k-th value, and on
-    ties ``top_k`` prefers lower chunks, which hold the lower indices). Those chunks, in
-    index order, are gathered and ``top_k`` runs over their ``k * c`` entries.
-    """
-    n = x.shape[-1]
-    c = _chunk_size(n, k)
-    n_chunks = -(-n // c)
-    if n_chunks <= 2 * k:  # too short to gain anything
-        return jax.lax.top_k(x, k)
-    if n_chunks * c != n:
-        pad = [(0, 0)] * (x.ndim - 1) + [(0, n_chunks * c - n)]
-        x = jnp.pad(x, pad, constant_values=-jnp.inf)
-    chunks = x.reshape(*x.shape[:-1], n_chunks, c)
-    _, chunk_ids = jax.lax.top_k(jnp.max(chunks, axis=-1), k)
-    chunk_ids = jnp.sort(chunk_ids, axis=-1)                                    # index order
-    cand = jnp.take_along_axis(chunks, chunk_ids[..., None], axis=-2)           # (..., k, c)
-    cand_idx = chunk_ids[..., None] * c + jnp.arange(c, dtype=chunk_ids.dtype)
-    vals, pos = jax.lax.top_k(cand.reshape(*cand.shape[:-2], k * c), k)
-    return vals, jnp.take_along_axis(cand_idx.reshape(*cand_idx.shape[:-2], k * c), pos, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("topk", "alpha", "beta", "eps"))
@@ -120,25 +99,46 @@ def task_aligned_assign(
     gt_labels = gt_labels.astype(jnp.int32)
     safe_labels = jnp.where(gt_mask, gt_labels, 0)
 
-    # Everything below is laid out (B, M, A): anchors last, for top_k.
-    ax = anchor_points[:, 0].astype(dtype)[None, None, :]                      # (1, 1, A)
-    ay = anchor_points[:, 1].astype(dtype)[None, None, :]
+    # Laid out (B, M, anchors): anchors last, for top_k.
     x1, y1, x2, y2 = (gt_bboxes[:, :, i, None] for i in range(4))             # (B, M, 1)
-    # The notebook's min(a - x1y1, x2y2 - a) > 0, written per side: a trailing axis of 2
-    # costs XLA more than the whole IoU.
-    in_gt = (ax - x1 > 0) & (ay - y1 > 0) & (x2 - ax > 0) & (y2 - ay > 0) & gt_mask[:, :, None]
-
-    # s[b, m, a] = pred_scores[b, a, gt_labels[b, m]]: gather along classes, then transpose the
-    # (B, A, M) result, not the (B, A, C) scores.
-    cls_scores = jnp.swapaxes(jnp.take_along_axis(pred_scores, safe_labels[:, None, :], axis=2), 1, 2)
-    iou = _iou_broadcast(pred_bboxes[:, None, :, :], gt_bboxes[:, :, None, :], "iou", 1e-7)
-    iou = jnp.clip(iou, 0.0, 1.0)
-    alignment = _power(cls_scores, alpha) * _power(iou, beta)
-    alignment = jnp.where(in_gt, alignment, 0.0)
-
-    # Top-k anchors per box among those with positive alignment: (B, M, k) candidates.
+    anchor_points = anchor_points.astype(dtype)
     k = min(topk, a)
-    top_vals, top_idx = _top_k(alignment, k)
+
+    def alignment_at(idx):
+        """Alignment of the boxes with the anchors ``idx`` (``None``: all A, else (B, M, N))."""
+        if idx is None:
+            ax, ay = anchor_points[None, None, :, 0], anchor_points[None, None, :, 1]   # (1, 1, A)
+            # s[b, m, a] = pred_scores[b, a, gt_labels[b, m]]: gather along classes, then
+            # transpose the (B, A, M) result, not the (B, A, C) scores.
+            s = jnp.swapaxes(jnp.take_along_axis(pred_scores, safe_labels[:, None, :], axis=2), 1, 2)
+            boxes = pred_bboxes[:, None, :, :]                                          # (B, 1, A, 4)
+        else:
+            ax, ay = anchor_points[idx, 0], anchor_points[idx, 1]                       # (B, M, N)
+            bi = jnp.arange(b)[:, None, None]
+            s = pred_scores[bi, idx, safe_labels[:, :, None]]
+            boxes = pred_bboxes[bi, idx]                                                # (B, M, N, 4)
+        # The notebook's min(a - x1y1, x2y2 - a) > 0, written per side: a trailing axis of 2
+        # costs XLA more than the whole IoU.
+        in_gt = (ax - x1 > 0) & (ay - y1 > 0) & (x2 - ax > 0) & (y2 - ay > 0) & gt_mask[:, :, None]
+        iou = jnp.clip(_iou_broadcast(boxes, gt_bboxes[:, :, None, :], "iou", 1e-7), 0.0, 1.0)
+        return jnp.where(in_gt, _power(s, alpha) * _power(iou, beta), 0.0)
+
+    # Top-k anchors per box among those with positive alignment: (B, M, k) candidates. The
+    # dense (B, M, A) alignment is only reduced to chunk maxima (XLA fuses the two, nothing of
+    # size B*M*A is written); the k best chunks per box are recomputed and searched.
+    chunk = _chunk_size(a, k)
+    n_chunks = -(-a // chunk)
+    if n_chunks <= 2 * k:
+        top_vals, top_idx = jax.lax.top_k(alignment_at(None), k)
+    else:
+        dense = alignment_at(None)
+        if n_chunks * chunk != a:
+            dense = jnp.pad(dense, [(0, 0), (0, 0), (0, n_chunks * chunk - a)], constant_values=-jnp.inf)
+        _, chunk_ids = jax.lax.top_k(jnp.max(dense.reshape(b, m, n_chunks, chunk), axis=-1), k)
+        cand_idx = (jnp.sort(chunk_ids, axis=-1)[..., None] * chunk + jnp.arange(chunk)).reshape(b, m, k * chunk)
+        cand = jnp.where(cand_idx < a, alignment_at(jnp.minimum(cand_idx, a - 1)), -jnp.inf)
+        top_vals, pos = jax.lax.top_k(cand, k)
+        top_idx = jnp.take_along_axis(cand_idx, pos, axis=-1)
     selected = top_vals > 0
     top_vals = jnp.where(selected, top_vals, 0.0)
 
