@@ -70,6 +70,7 @@ from flax import nnx  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reference_torch as R  # noqa: E402
 from yolo11_jax import convert, parallel  # noqa: E402
+from yolo11_jax.model import set_compute_dtype  # noqa: E402
 from yolo11_jax.optim import make_optimizer, make_schedule  # noqa: E402
 from yolo11_jax.presets import build_model, get_preset  # noqa: E402
 from yolo11_jax.step import TrainState, make_train_step, split_model  # noqa: E402
@@ -148,7 +149,6 @@ def main(args):
             for n_dev in args.device_counts:
                 configs.append(dict(batch_size=batch_size, batch=batch, dtype=dtype, n_dev=n_dev))
     for c in configs:
-        from yolo11_jax.model import set_compute_dtype
         set_compute_dtype(model, DTYPES[c["dtype"]])
         graphdef, params, rest = split_model(model)
         if host_state is None:

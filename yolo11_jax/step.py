@@ -19,6 +19,7 @@ from flax import nnx
 
 from yolo11_jax.loss import detection_loss
 from yolo11_jax.optim import skip_group
+from yolo11_jax.parallel import batch_sharded, replicated
 
 Batch = dict[str, jax.Array]  # images (B,H,W,3) f32 in [0,1], boxes_cxcywh (B,M,4), labels (B,M), mask (B,M)
 
@@ -89,7 +90,6 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, lr_fn: Callab
     if mesh is None:
         jit = functools.partial(jax.jit, donate_argnums=(0,))
     else:
-        from yolo11_jax.parallel import batch_sharded, replicated
         jit = functools.partial(jax.jit, donate_argnums=(0,), in_shardings=(replicated(mesh), batch_sharded(mesh)),
                                 out_shardings=(replicated(mesh), replicated(mesh)))
 

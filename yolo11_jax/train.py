@@ -349,11 +349,11 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
             if epoch == start_epoch and i == 0 and primary:
                 plots.plot_sample_batch(batch["images"], batch["boxes_cxcywh"], batch["mask"], batch["labels"],
                                         run_dir / "sample_batch.png", class_names=cfg.class_names)
-            global_batch = parallel.global_batch({k: batch[k] for k in BATCH_KEYS}, mesh)
+            device_batch = parallel.global_batch({k: batch[k] for k in BATCH_KEYS}, mesh)
             if compiled_step is None:  # compile once, then every process starts stepping together
-                compiled_step = train_step.lower(state, global_batch).compile()
+                compiled_step = train_step.lower(state, device_batch).compile()
                 parallel.barrier("compiled")
-            state, metrics = compiled_step(state, global_batch)
+            state, metrics = compiled_step(state, device_batch)
             pending.append(metrics)
             n_interval += cfg.batch_size
             if len(pending) == cfg.log_every or i == steps_per_epoch - 1:
