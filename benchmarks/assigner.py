@@ -1,15 +1,27 @@
 """Time Task-Aligned assignment: the jitted JAX function vs the notebook's assigner looped per image.
 
-Run:  python benchmarks/assigner.py [--batch 16 --img-size 640 --boxes 32 --classes 80 --repeats 10]
+Run:  python benchmarks/assigner.py [--batch 16 --img-size 640 --boxes 32 --classes 80 --rounds 5]
+      python benchmarks/assigner.py --malloc-tuning      # glibc keeps freed memory (both sides)
 
 Both sides get the same inputs (random predictions near the anchors, 32 boxes per image).
-JAX compilation is timed separately and excluded from the per-call time. Prints both
-times and the speed-up ratio (reference time / JAX time).
+JAX is called as ``detection_loss`` calls it (``chunk_size`` = the anchor grid's row length).
+JAX compilation is timed separately and excluded from the per-call time. The two sides are
+timed in alternating rounds (this machine's speed drifts by tens of percent over minutes);
+each round gives a ratio, and the median round is printed with the spread.
+
+``--malloc-tuning`` sets glibc's mmap and trim thresholds with ``mallopt`` at start-up, for
+both sides alike: by default glibc hands every freed block over 32 MiB back to the kernel,
+so the (16, 8400, 80) soft-score output (43 MB) is page-faulted in afresh on every call;
+this costs the JAX function more than its whole computation on a 2-core machine (and the
+reference about a third of its time). The same effect is had with
+``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=67108864``
+in the environment, or with jemalloc / tcmalloc.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import platform
 import time
@@ -19,8 +31,20 @@ import numpy as np
 import torch
 
 from reference_torch import TaskAlignedAssigner
-from yolo11_jax.anchors import feature_sizes, make_anchor_points
-from yolo11_jax.assign import task_aligned_assign
+from yolo11_jax.anchors import feature_sizes, make_anchor_points, row_chunk_size
+from yolo11_jax.assign import METHODS, task_aligned_assign
+
+
+def tune_glibc_malloc() -> bool:
+    """Keep freed memory in the process (glibc only): mmap threshold 1 GiB, no trimming,
+    64 MiB top pad. Returns False where glibc's ``mallopt`` is unavailable."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(libc.mallopt(opt, val) == 1 for opt, val in (
+        (m_mmap_threshold, 1 << 30), (m_trim_threshold, 2**31 - 1), (m_top_pad, 64 << 20)))
 
 
 def make_inputs(batch, img_size, boxes, classes, seed=0):
@@ -44,26 +68,28 @@ def main():
     ap.add_argument("--img-size", type=int, default=640)
     ap.add_argument("--boxes", type=int, default=32)
     ap.add_argument("--classes", type=int, default=80)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--method", default="auto", choices=METHODS, help="task_aligned_assign's method")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
+    ap.add_argument("--repeats", type=int, default=10, help="JAX calls per round (reference: a fifth, at least 1)")
+    ap.add_argument("--malloc-tuning", action="store_true",
+                    help="keep freed memory in the process (glibc mallopt), for both sides")
     args = ap.parse_args()
 
+    tuned = tune_glibc_malloc() if args.malloc_tuning else False
     anchors, strides, ps, pb, gl, gb, gm = make_inputs(args.batch, args.img_size, args.boxes, args.classes)
+    chunk = row_chunk_size(feature_sizes((args.img_size, args.img_size)))
     dev = jax.devices()[0]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"jax {jax.__version__} on {dev.platform}; torch {torch.__version__} ({torch.get_num_threads()} threads)")
     print(f"B={args.batch}, {args.img_size}x{args.img_size} ({len(anchors)} anchors), "
-          f"{args.boxes} boxes/image, {args.classes} classes")
+          f"{args.boxes} boxes/image, {args.classes} classes; method={args.method}, chunk_size={chunk}; "
+          f"glibc malloc tuning: {'on' if tuned else 'off'}")
 
     j_in = [jax.device_put(x) for x in (ps, pb, anchors, gl, gb, gm)]
     t0 = time.perf_counter()
-    compiled = task_aligned_assign.lower(*j_in).compile()
+    compiled = task_aligned_assign.lower(*j_in, chunk_size=chunk, method=args.method).compile()
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(*j_in))
-    t0 = time.perf_counter()
-    for _ in range(args.repeats):
-        out = compiled(*j_in)
-    jax.block_until_ready(out)
-    jax_s = (time.perf_counter() - t0) / args.repeats
 
     assigner = TaskAlignedAssigner()
     tdev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # same device as JAX's
@@ -76,17 +102,28 @@ def main():
         if tdev.type == "cuda":
             torch.cuda.synchronize()
 
-    if tdev.type == "cuda":
-        ref_batch()  # warm-up (CUDA context, kernels)
-    t0 = time.perf_counter()
-    for _ in range(ref_repeats):
-        ref_batch()
-    ref_s = (time.perf_counter() - t0) / ref_repeats
+    ref_batch()  # warm-up (allocator, CUDA context)
+    jax_times, ref_times = [], []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        for _ in range(args.repeats):
+            out = compiled(*j_in)
+        jax.block_until_ready(out)
+        jax_times.append((time.perf_counter() - t0) / args.repeats)
+        t0 = time.perf_counter()
+        for _ in range(ref_repeats):
+            ref_batch()
+        ref_times.append((time.perf_counter() - t0) / ref_repeats)
+    ratios = np.array(ref_times) / np.array(jax_times)
+    mid = int(np.argsort(ratios)[len(ratios) // 2])
 
     print(f"JAX compile:            {compile_s * 1e3:9.1f} ms (once)")
-    print(f"JAX jitted, per batch:  {jax_s * 1e3:9.1f} ms")
-    print(f"reference, per batch:   {ref_s * 1e3:9.1f} ms (looped over {args.batch} images, torch on {tdev.type})")
-    print(f"speed-up (reference / JAX): {ref_s / jax_s:.1f}x")
+    print(f"JAX jitted, per batch:  {jax_times[mid] * 1e3:9.1f} ms "
+          f"(rounds: {', '.join(f'{t * 1e3:.1f}' for t in jax_times)})")
+    print(f"reference, per batch:   {ref_times[mid] * 1e3:9.1f} ms "
+          f"(rounds: {', '.join(f'{t * 1e3:.1f}' for t in ref_times)}; looped over {args.batch} images, torch on {tdev.type})")
+    print(f"speed-up (reference / JAX): {ratios[mid]:.1f}x median round "
+          f"(min {ratios.min():.1f}x, max {ratios.max():.1f}x over {args.rounds} rounds)")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
 """task_aligned_assign (batched, padded) against the notebook's assigner looped per image.
 
 Labels and foreground masks must be identical; bboxes and scores agree to 1e-5 (abs).
+Every case runs each way of finding the chunk maxima (``method='dense' | 'sparse' | 'auto'``),
+and the ways must also agree with each other bit for bit.
 """
+
+import itertools
 
 import numpy as np
 import pytest
 import torch
 
 from reference_torch import TaskAlignedAssigner
-from yolo11_jax.anchors import feature_sizes, make_anchor_points
-from yolo11_jax.assign import task_aligned_assign
+from yolo11_jax.anchors import feature_sizes, make_anchor_points, row_chunk_size
+from yolo11_jax.assign import METHODS, task_aligned_assign
 
 
 def make_batch(seed, img_size=128, num_classes=6, counts=(3, 0, 7, 1), max_boxes=8):
@@ -59,16 +63,24 @@ def reference_assign(anchors, strides, pred_scores, pred_bboxes, gt_labels, gt_b
     return labels, np.stack([o[1].numpy() for o in outs]), np.stack([o[2].numpy() for o in outs])
 
 
-def check_equal(batch, **kw):
+def check_equal(batch, chunk_sizes=(None,), **kw):
     anchors, strides, *rest = batch
     want_labels, want_bboxes, want_scores = reference_assign(anchors, strides, *rest, **kw)
     pred_scores, pred_bboxes, gt_labels, gt_bboxes, gt_mask = rest
-    labels, bboxes, scores, fg = task_aligned_assign(
-        pred_scores, pred_bboxes, anchors, gt_labels, gt_bboxes, gt_mask, **kw)
-    np.testing.assert_array_equal(np.asarray(labels), want_labels)
-    np.testing.assert_array_equal(np.asarray(fg), want_labels >= 0)
-    np.testing.assert_allclose(np.asarray(bboxes), want_bboxes, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(scores), want_scores, rtol=0, atol=1e-5)
+    first = None
+    for method, chunk_size in itertools.product(METHODS, chunk_sizes):
+        out = task_aligned_assign(pred_scores, pred_bboxes, anchors, gt_labels, gt_bboxes, gt_mask,
+                                  method=method, chunk_size=chunk_size, **kw)
+        labels, bboxes, scores, fg = (np.asarray(x) for x in out)
+        np.testing.assert_array_equal(labels, want_labels, err_msg=method)
+        np.testing.assert_array_equal(fg, want_labels >= 0, err_msg=method)
+        np.testing.assert_allclose(bboxes, want_bboxes, rtol=0, atol=1e-5, err_msg=method)
+        np.testing.assert_allclose(scores, want_scores, rtol=0, atol=1e-5, err_msg=method)
+        if first is None:
+            first = (labels, bboxes, scores, fg)
+        else:  # methods and chunkings differ only in how they find the same top-k
+            for x, y in zip(first, (labels, bboxes, scores, fg)):
+                np.testing.assert_array_equal(x, y, err_msg=method)
     return want_labels
 
 
@@ -104,7 +116,47 @@ def test_assigner_options_match_reference(kw):
 
 
 def test_notebook_size_batch_matches_reference():
-    """640 px (8400 anchors), 80 classes, up to 32 boxes per image."""
+    """640 px (8400 anchors), 80 classes, up to 32 boxes per image, with the chunk hint the
+    loss passes (rows of 20 anchors) and without it (chunks of 25 that straddle rows)."""
     batch = make_batch(30, img_size=640, num_classes=80, counts=(32, 5, 0, 17), max_boxes=32)
-    labels = check_equal(batch)
+    labels = check_equal(batch, chunk_sizes=(row_chunk_size(feature_sizes((640, 640))), None))
     assert (labels >= 0).sum() > 50
+
+
+def test_more_than_32_boxes_per_image():
+    """The sparse pass packs each (image, chunk)'s box hits into 32-bit words: 40 boxes take
+    two words."""
+    labels = check_equal(make_batch(31, counts=(37, 2, 40), max_boxes=40))
+    assert (labels >= 0).sum() > 30
+
+
+def test_arbitrary_anchor_layout_and_padded_chunks():
+    """Nothing assumes a grid: anchors at random positions in random order, and a count (331,
+    a prime) that no chunk length divides, so the last chunk is padded; also a chunk hint that
+    does not divide the count (ignored) and one that does (7 x 47 = 329 is not 331: ignored
+    too), and an explicit divisor on a grid."""
+    rng = np.random.default_rng(32)
+    anchors_grid, strides, *rest = make_batch(32)
+    a = 331
+    anchors = rng.uniform(0, 128, (a, 2)).astype(np.float32)
+    b = rest[0].shape[0]
+    ltrb = rng.uniform(1.0, 30.0, (b, a, 4))
+    pred_bboxes = np.concatenate([anchors - ltrb[..., :2], anchors + ltrb[..., 2:]], -1).astype(np.float32)
+    pred_scores = rng.uniform(0.0, 1.0, (b, a, rest[0].shape[2])).astype(np.float32) ** 3
+    batch = (anchors, np.full(a, 8.0, np.float32), pred_scores, pred_bboxes, *rest[2:])
+    labels = check_equal(batch, chunk_sizes=(None, 7))
+    assert (labels >= 0).sum() > 10
+    check_equal((anchors_grid, strides, *rest), chunk_sizes=(16,))
+
+
+def test_unknown_method_is_an_error():
+    anchors, _, *rest = make_batch(33)
+    with pytest.raises(ValueError, match="unknown assignment method 'fast'"):
+        task_aligned_assign(rest[0], rest[1], anchors, *rest[2:], method="fast")
+
+
+@pytest.mark.parametrize("rows", [16, 4])
+def test_row_chunk_size(rows):
+    sizes = feature_sizes((rows * 32, 640))
+    assert row_chunk_size(sizes) == 20
+    assert row_chunk_size([(4, 6), (2, 3)]) == 3

@@ -8,6 +8,7 @@ Predictions flattened with ``reshape(B, H * W, C)`` in NHWC follow the same orde
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +20,13 @@ def feature_sizes(img_hw: tuple[int, int], strides: Sequence[int] = STRIDES) -> 
     """Feature map sizes ``[(H / s, W / s), ...]`` for an input of ``img_hw`` pixels."""
     h, w = img_hw
     return [(h // s, w // s) for s in strides]
+
+
+def row_chunk_size(feat_sizes: Sequence[tuple[int, int]]) -> int:
+    """Anchors per chunk such that every chunk is a strip of one row of one feature map: the
+    greatest common divisor of the map widths (20 at 640 px). ``task_aligned_assign`` takes
+    it as its ``chunk_size`` hint."""
+    return math.gcd(*(w for _, w in feat_sizes))
 
 
 def make_anchor_points(

@@ -18,6 +18,15 @@ Only membership of the top-k set matters. Exact ties in alignment at the k-th
 place are broken towards the lower anchor index (``lax.top_k``); the notebook
 leaves that order to ``torch.topk``.
 
+How: the top-k per box is found in two passes over chunks of consecutive anchors
+(best: rows of a feature map). Pass 1 finds each (box, chunk)'s largest alignment,
+either densely for all pairs (fused into the reduction: nothing of size B*M*A is
+written) or sparsely, only for the chunks whose anchors' bounding box meets the
+box, in a loop over blocks of such pairs whose trip count follows their number.
+Pass 2 recomputes the alignment in each box's k best chunks and takes the top-k
+there, which is exactly ``lax.top_k`` over all anchors (see ``_chunk_size``).
+Conflicts are resolved on the B*M*k candidates with a scatter-max and a scatter-min.
+
 Arithmetic is in float32 (lower-precision predictions are promoted), or in
 float64 when the predictions are float64 (JAX x64 enabled).
 """
@@ -42,15 +51,20 @@ def _power(x: jax.Array, p: float) -> jax.Array:
     return jnp.power(x, p)
 
 
-def _chunk_size(n: int, k: int) -> int:
-    """Chunk length for the two-pass top-k: near ``sqrt(n / k)``, which balances the two
-    passes (``n / c`` chunk maxima, then ``k * c`` candidates); a divisor of ``n`` if one is
-    close, so that no padding is needed.
+def _chunk_size(n: int, k: int, hint: int | None = None) -> int:
+    """Chunk length for the two-pass top-k.
+
+    ``hint`` (the loss passes the anchor grid's row length, so that chunks are compact
+    strips of one feature map) is taken when it divides ``n``. Otherwise a length near
+    ``sqrt(n / k)``, which balances the two passes (``n / c`` chunk maxima, then ``k * c``
+    candidates); a divisor of ``n`` if one is close, so that no padding is needed.
 
     The pass is exact: the ``k`` chunks with the largest maxima hold every top-k element (a
     chunk holding one has a maximum at least the k-th value, and on ties ``top_k`` prefers
     lower chunks, which hold the lower indices); searched in index order, their ``k * c``
     entries give ``lax.top_k``'s values, indices and tie-breaking."""
+    if hint is not None and hint >= 1 and n % hint == 0:
+        return int(hint)
     target = max(1, round((n / k) ** 0.5))
     for d in sorted(range(max(1, target // 2), 2 * target + 1), key=lambda d: abs(d - target)):
         if n % d == 0:
@@ -58,7 +72,27 @@ def _chunk_size(n: int, k: int) -> int:
     return target
 
 
-@functools.partial(jax.jit, static_argnames=("topk", "alpha", "beta", "eps"))
+def _select_bit(words: jax.Array, q: jax.Array) -> jax.Array:
+    """Position (0..31) of the ``q``-th set bit (0-based) of each uint32 in ``words``, for
+    ``q < popcount(words)``: a binary search on the population counts of the low bits."""
+    pos = jnp.zeros_like(q)
+    for step in (16, 8, 4, 2, 1):
+        width = (pos + step).astype(jnp.uint32)
+        low = jnp.where(width >= 32, words, words & ((jnp.uint32(1) << width) - jnp.uint32(1)))
+        pos = jnp.where(jax.lax.population_count(low).astype(q.dtype) <= q, pos + step, pos)
+    return pos
+
+
+# Slots (box, chunk) evaluated per iteration of the sparse pass, and the share of all
+# (box, chunk) pairs above which the CPU takes the dense pass instead: a sparse pair costs
+# several dense ones (gathers instead of streaming); measured break-even on the 2-core CPU
+# at 640 px: ~14% (boxes up to 0.5 of the image; benchmarks/RESULTS.md).
+_SPARSE_BLOCK = 1024
+_SPARSE_MAX_FRACTION = 0.12
+METHODS = ("auto", "dense", "sparse")
+
+
+@functools.partial(jax.jit, static_argnames=("topk", "alpha", "beta", "eps", "chunk_size", "method"))
 def task_aligned_assign(
     pred_scores: jax.Array,
     pred_bboxes: jax.Array,
@@ -71,6 +105,8 @@ def task_aligned_assign(
     alpha: float = 1.0,
     beta: float = 6.0,
     eps: float = 1e-9,
+    chunk_size: int | None = None,
+    method: str = "auto",
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Assign ground truth to anchors for a padded batch.
 
@@ -82,6 +118,18 @@ def task_aligned_assign(
       gt_bboxes: ``(B, M, 4)`` ground-truth boxes, xyxy pixels.
       gt_mask: ``(B, M)`` bool, True for real boxes, False for padding.
       topk, alpha, beta, eps: the notebook's assigner options.
+      chunk_size: anchors per chunk of the two-pass top-k (a speed hint; results do not
+        depend on it). Best a row length of the anchor grid, so that a chunk is a compact
+        strip of one feature map: ``detection_loss`` passes the coarsest map's width (20 at
+        640 px). Default (or when it does not divide ``A``): near ``sqrt(A / topk)``.
+      method: how the per-chunk maxima of the alignment are found (results are identical):
+        ``'dense'`` evaluates all ``B*M*A`` (box, anchor) pairs in one fused pass (best on
+        GPUs); ``'sparse'`` evaluates only the chunks whose anchors' bounding box meets the
+        box, in blocks of a loop whose trip count follows the number of such chunks (best
+        on CPUs, where most dense pairs lie outside their box); ``'auto'`` takes
+        ``'sparse'`` on the CPU when at most 12% of the (box, chunk) pairs need
+        evaluating (decided at run time, per batch), ``'dense'`` otherwise and on other
+        platforms.
 
     Returns:
       ``labels (B, A)`` int32 class id, -1 for background;
@@ -90,6 +138,8 @@ def task_aligned_assign(
       ``fg_mask (B, A)`` bool.
       No gradient flows through any output.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown assignment method {method!r}; choose one of {METHODS}")
     dtype = jnp.result_type(pred_scores, pred_bboxes, jnp.float32)  # float32, or float64 under x64
     pred_scores = jax.lax.stop_gradient(pred_scores).astype(dtype)
     pred_bboxes = jax.lax.stop_gradient(pred_bboxes).astype(dtype)
@@ -104,41 +154,131 @@ def task_aligned_assign(
     anchor_points = anchor_points.astype(dtype)
     k = min(topk, a)
 
+    def inside(ax, ay, gt, valid):
+        """The notebook's ``min(a - x1y1, x2y2 - a) > 0`` for anchors ``(ax, ay)`` and boxes
+        ``gt = (x1, y1, x2, y2)``, and ``valid``; everything broadcasts. Written per side: a
+        trailing axis of 2 costs XLA more than the whole IoU."""
+        gx1, gy1, gx2, gy2 = gt
+        return (ax - gx1 > 0) & (ay - gy1 > 0) & (gx2 - ax > 0) & (gy2 - ay > 0) & valid
+
+    def alignment(s, boxes, in_gt, gt):
+        """``s ** alpha * iou ** beta`` where ``in_gt``, else 0."""
+        iou = jnp.clip(_iou_broadcast(boxes, jnp.stack(gt, -1), "iou", 1e-7), 0.0, 1.0)
+        return jnp.where(in_gt, _power(s, alpha) * _power(iou, beta), 0.0)
+
+    flat_scores = pred_scores.reshape(-1)
+    flat_index_ok = pred_scores.size < 2**31
+
+    def scores_at(bi, ai, labels, in_gt):
+        """``pred_scores[bi, ai, labels]`` where ``in_gt``. Elsewhere the value is masked out
+        later, so the read goes to element 0: a cache hit instead of a miss (most anchors
+        gathered in a chunk lie outside the box; this halves the time of the gathers)."""
+        if not flat_index_ok:
+            return pred_scores[bi, ai, labels]
+        return flat_scores[jnp.where(in_gt, (bi * a + ai) * c + labels, 0)]
+
     def alignment_at(idx):
         """Alignment of the boxes with the anchors ``idx`` (``None``: all A, else (B, M, N))."""
+        gt = (x1, y1, x2, y2)
         if idx is None:
             ax, ay = anchor_points[None, None, :, 0], anchor_points[None, None, :, 1]   # (1, 1, A)
             # s[b, m, a] = pred_scores[b, a, gt_labels[b, m]]: gather along classes, then
             # transpose the (B, A, M) result, not the (B, A, C) scores.
             s = jnp.swapaxes(jnp.take_along_axis(pred_scores, safe_labels[:, None, :], axis=2), 1, 2)
-            boxes = pred_bboxes[:, None, :, :]                                          # (B, 1, A, 4)
-        else:
-            ax, ay = anchor_points[idx, 0], anchor_points[idx, 1]                       # (B, M, N)
-            bi = jnp.arange(b)[:, None, None]
-            s = pred_scores[bi, idx, safe_labels[:, :, None]]
-            boxes = pred_bboxes[bi, idx]                                                # (B, M, N, 4)
-        # The notebook's min(a - x1y1, x2y2 - a) > 0, written per side: a trailing axis of 2
-        # costs XLA more than the whole IoU.
-        in_gt = (ax - x1 > 0) & (ay - y1 > 0) & (x2 - ax > 0) & (y2 - ay > 0) & gt_mask[:, :, None]
-        iou = jnp.clip(_iou_broadcast(boxes, gt_bboxes[:, :, None, :], "iou", 1e-7), 0.0, 1.0)
-        return jnp.where(in_gt, _power(s, alpha) * _power(iou, beta), 0.0)
+            return alignment(s, pred_bboxes[:, None, :, :], inside(ax, ay, gt, gt_mask[:, :, None]), gt)
+        ax, ay = anchor_points[idx, 0], anchor_points[idx, 1]                           # (B, M, N)
+        bi = jnp.arange(b)[:, None, None]
+        in_gt = inside(ax, ay, gt, gt_mask[:, :, None])
+        s = scores_at(bi, idx, safe_labels[:, :, None], in_gt)
+        return alignment(s, pred_bboxes[bi, idx], in_gt, gt)                            # boxes (B, M, N, 4)
 
     # Top-k anchors per box among those with positive alignment: (B, M, k) candidates. The
-    # dense (B, M, A) alignment is only reduced to chunk maxima (XLA fuses the two, nothing of
-    # size B*M*A is written); the k best chunks per box are recomputed and searched.
-    chunk = _chunk_size(a, k)
+    # alignment is only reduced to chunk maxima (nothing of size B*M*A is written); the k
+    # best chunks per box are recomputed and searched.
+    chunk = _chunk_size(a, k, chunk_size)
     n_chunks = -(-a // chunk)
     if n_chunks <= 2 * k:
         top_vals, top_idx = jax.lax.top_k(alignment_at(None), k)
     else:
-        dense = alignment_at(None)
-        if n_chunks * chunk != a:
-            dense = jnp.pad(dense, [(0, 0), (0, 0), (0, n_chunks * chunk - a)], constant_values=-jnp.inf)
-        _, chunk_ids = jax.lax.top_k(jnp.max(dense.reshape(b, m, n_chunks, chunk), axis=-1), k)
-        cand_idx = (jnp.sort(chunk_ids, axis=-1)[..., None] * chunk + jnp.arange(chunk)).reshape(b, m, k * chunk)
-        cand = jnp.where(cand_idx < a, alignment_at(jnp.minimum(cand_idx, a - 1)), -jnp.inf)
-        top_vals, pos = jax.lax.top_k(cand, k)
-        top_idx = jnp.take_along_axis(cand_idx, pos, axis=-1)
+        pad = n_chunks * chunk - a
+
+        def top_in_chunks(chunk_max, values_of):
+            """The top-k of each box, searched in its k best chunks: ``values_of(chunk_ids)``
+            gives the alignment at those chunks, ``(B, M, k, chunk)``."""
+            _, chunk_ids = jax.lax.top_k(chunk_max, k)
+            chunk_ids = jnp.sort(chunk_ids, axis=-1)                                      # (B, M, k)
+            cand_idx = (chunk_ids[..., None] * chunk + jnp.arange(chunk)).reshape(b, m, k * chunk)
+            cand = jnp.where(cand_idx < a, values_of(chunk_ids).reshape(b, m, k * chunk), -jnp.inf)
+            vals, pos = jax.lax.top_k(cand, k)
+            return vals, jnp.take_along_axis(cand_idx, pos, axis=-1)
+
+        def recompute(chunk_ids):
+            idx = (chunk_ids[..., None] * chunk + jnp.arange(chunk)).reshape(b, m, k * chunk)
+            return alignment_at(jnp.minimum(idx, a - 1))
+
+        def top_dense():
+            dense = alignment_at(None)
+            if pad:
+                dense = jnp.pad(dense, [(0, 0), (0, 0), (0, pad)], constant_values=-jnp.inf)
+            return top_in_chunks(jnp.max(dense.reshape(b, m, n_chunks, chunk), axis=-1), recompute)
+
+        # A chunk can hold an anchor inside a box only if the bounding box of its anchors
+        # meets the box (ax - x1 > 0 implies ax > x1, so this test keeps every such chunk);
+        # every other chunk's maximum is 0, as in the dense pass.
+        anchors_padded = jnp.pad(anchor_points, [(0, pad), (0, 0)], constant_values=jnp.nan)
+        by_chunk = anchors_padded.reshape(n_chunks, chunk, 2)
+        lo, hi = jnp.nanmin(by_chunk, axis=1), jnp.nanmax(by_chunk, axis=1)        # (n_chunks, 2)
+        hit = gt_mask[:, :, None] & (hi[:, 0] > x1) & (lo[:, 0] < x2) & (hi[:, 1] > y1) & (lo[:, 1] < y2)
+
+        def top_sparse():
+            # The (box, chunk) pairs to evaluate ("slots") are numbered in (image, chunk, box)
+            # order, so that neighbouring slots read the same anchors' scores and boxes (twice
+            # as fast as box-major order). The hits are packed into 32-bit words; slot j is
+            # found by a binary search over the words' running counts and then inside its
+            # word, so the loop's work follows the number of hits, not B * M * chunks.
+            n_words = -(-m // 32)
+            hit_bcm = jnp.pad(jnp.swapaxes(hit, 1, 2), [(0, 0), (0, 0), (0, 32 * n_words - m)])
+            words = jnp.sum(hit_bcm.reshape(-1, 32).astype(jnp.uint32) << jnp.arange(32, dtype=jnp.uint32),
+                            axis=-1, dtype=jnp.uint32)                                 # (B*n_chunks*n_words,)
+            word_hits = jax.lax.population_count(words).astype(jnp.int32)
+            word_end = jnp.cumsum(word_hits)                                           # hits up to each word
+            count = word_end[-1]
+            boxes_padded = jnp.pad(pred_bboxes, [(0, 0), (0, pad), (0, 0)])
+
+            def block(i, maxima):
+                j = i * _SPARSE_BLOCK + jnp.arange(_SPARSE_BLOCK, dtype=jnp.int32)
+                w = jnp.minimum(jnp.searchsorted(word_end, j, side="right", method="scan"),
+                                word_end.shape[0] - 1).astype(jnp.int32)
+                bit = _select_bit(words[w], j - (word_end[w] - word_hits[w]))
+                bi, ci = w // (n_words * n_chunks), (w // n_words) % n_chunks
+                mi = jnp.minimum((w % n_words) * 32 + bit, m - 1)
+                start = ci * chunk
+                boxes = jax.vmap(lambda bb, st: jax.lax.dynamic_slice(
+                    boxes_padded, (bb, st, jnp.zeros_like(st)), (1, chunk, 4))[0])(bi, start)          # (T, chunk, 4)
+                points = jax.vmap(lambda st: jax.lax.dynamic_slice(
+                    anchors_padded, (st, jnp.zeros_like(st)), (chunk, 2)))(start)                        # (T, chunk, 2)
+                ai = jnp.minimum(start[:, None] + jnp.arange(chunk), a - 1)
+                gt = tuple(gt_bboxes[bi, mi, col][:, None] for col in range(4))
+                in_gt = inside(points[..., 0], points[..., 1], gt, True)                  # (T, chunk)
+                s = scores_at(bi[:, None], ai, safe_labels[bi, mi][:, None], in_gt)
+                vals = alignment(s, boxes, in_gt, gt)
+                dest = jnp.where(j < count, (bi * m + mi) * n_chunks + ci, b * m * n_chunks)
+                return maxima.at[dest].set(jnp.max(vals, axis=-1), mode="drop")
+
+            n_blocks = (count + _SPARSE_BLOCK - 1) // _SPARSE_BLOCK
+            # The loop keeps only the maxima: the k best chunks of each box are recomputed
+            # (B * M * k * chunk pairs), cheaper than zeroing a buffer for every slot's values.
+            maxima = jax.lax.fori_loop(0, n_blocks, block, jnp.zeros(b * m * n_chunks, dtype))
+            return top_in_chunks(maxima.reshape(b, m, n_chunks), recompute)
+
+        if method == "dense":
+            top_vals, top_idx = top_dense()
+        elif method == "sparse":
+            top_vals, top_idx = top_sparse()
+        else:
+            sparse_enough = jnp.sum(hit) <= _SPARSE_MAX_FRACTION * hit.size
+            top_vals, top_idx = jax.lax.platform_dependent(
+                cpu=lambda: jax.lax.cond(sparse_enough, top_sparse, top_dense), default=top_dense)
     selected = top_vals > 0
     top_vals = jnp.where(selected, top_vals, 0.0)
 

@@ -31,7 +31,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from yolo11_jax.anchors import STRIDES, make_anchor_points
+from yolo11_jax.anchors import STRIDES, make_anchor_points, row_chunk_size
 from yolo11_jax.assign import task_aligned_assign
 from yolo11_jax.iou import bbox_iou_elementwise
 
@@ -133,7 +133,7 @@ def detection_loss(
 
     _, target_bboxes, target_scores, fg = task_aligned_assign(
         jax.nn.sigmoid(cls_logits), pred_bboxes, anchors, gt_labels, gt_xyxy, gt_mask,
-        topk=topk, alpha=alpha, beta=beta, eps=eps)
+        topk=topk, alpha=alpha, beta=beta, eps=eps, chunk_size=row_chunk_size(feat_sizes))
     num_pos = jnp.sum(fg, dtype=jnp.int32)
     denom = jnp.maximum(num_pos, 1).astype(dtype)
 

@@ -69,6 +69,7 @@ def _weight_grad_by_shifted_dots(x, dy, kernel_shape, strides, padding):
     (plo_h, phi_h), (plo_w, phi_w) = padding
     sh, sw = strides
     b, ho, wo, _ = dy.shape
+    acc = jnp.promote_types(jnp.result_type(x, dy), jnp.float32)  # float32, float64 under x64
     xp = jnp.pad(x, ((0, 0), (plo_h, phi_h), (plo_w, phi_w), (0, 0)))
     dy2 = dy.reshape(b * ho * wo, co)
     taps = []
@@ -76,7 +77,7 @@ def _weight_grad_by_shifted_dots(x, dy, kernel_shape, strides, padding):
         for j in range(kw):
             xs = jax.lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci),
                                (1, sh, sw, 1))
-            taps.append(jnp.matmul(xs.reshape(b * ho * wo, ci).T, dy2, preferred_element_type=jnp.float32))
+            taps.append(jnp.matmul(xs.reshape(b * ho * wo, ci).T, dy2, preferred_element_type=acc))
     return jnp.stack(taps).reshape(kh, kw, ci, co)
 
 
