@@ -204,7 +204,7 @@ def task_aligned_assign(
 
         def top_in_chunks(chunk_max, values_of):
             """The top-k of each box, searched in its k best chunks: ``values_of(chunk_ids)``
-            gives the alignment at those chunks, ``(B, M, k, chunk)``."""
+            gives the alignment at those chunks' anchors, ``(B, M, k * chunk)``."""
             _, chunk_ids = jax.lax.top_k(chunk_max, k)
             chunk_ids = jnp.sort(chunk_ids, axis=-1)                                      # (B, M, k)
             cand_idx = (chunk_ids[..., None] * chunk + jnp.arange(chunk)).reshape(b, m, k * chunk)
