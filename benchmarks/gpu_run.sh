@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of benchmarks/RESULTS.md in one call (a lent H100/H200, see the README):
 #   bash benchmarks/gpu_run.sh [OUT_DIR]
+#   bash benchmarks/gpu_run.sh OUT_DIR profile   # only: trace the bfloat16 batch-64 step and
+#                                                # print where its time goes (~2 minutes)
 # Uses the machine's python3 (its jax/torch); installs the carried flax wheel (.whl/) only if
 # the machine's flax is older than 0.12. Logs go to OUT_DIR (default: $OUT or /tmp).
 set -u
@@ -13,6 +15,12 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=$PWD${P
 } 2>&1 | tee "$out/env.log"
 if ! python3 -c "import flax, sys; v = tuple(int(x) for x in flax.__version__.split('.')[:2]); sys.exit(v < (0, 12))"; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/flax-*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
+if [ "${2:-}" = profile ]; then
+  timeout ${STEP_TIMEOUT:-240} python3 benchmarks/train_step.py --model notebook --img-size 640 --batch 64 \
+    --dtype bfloat16 --skip-fwd-bwd --skip-torch --repeats 5 --profile "$out/trace" 2>&1 \
+    | grep -v "Warning\|cuda_timer" | tee "$out/profile_b64_bfloat16.log"
+  exit
 fi
 # 1) the training step: notebook network at 640, bfloat16 and float32, batch 16 and 64; one
 #    process per configuration (a slow compile costs only its own figure), the reference

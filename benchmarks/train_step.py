@@ -7,6 +7,8 @@ Run (CPU):
 Run (GPU):
     python benchmarks/train_step.py --model notebook --img-size 640 --batch 16,64 \\
         --dtype float32,bfloat16 --skip-fwd-bwd
+    python benchmarks/train_step.py --model notebook --img-size 640 --batch 64 --dtype bfloat16 \
+        --skip-fwd-bwd --skip-torch --profile /tmp/prof     # where the step's time goes
 
 Same preset, same batch, same device, one process. For every (batch, dtype, devices) it
 reports the JAX step time and images/s, the compile time (separately), achieved GFLOP/s
@@ -45,6 +47,11 @@ def parse_args(argv=None):
     ap.add_argument("--torch-first", action="store_true",
                     help="time the reference before JAX (on a GPU, with XLA_PYTHON_CLIENT_PREALLOCATE=false, so that "
                          "both get the whole card)")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="after timing, trace --profile-steps steps of each configuration with "
+                         "jax.profiler into DIR/<config> and print where the time goes "
+                         "(benchmarks/trace_summary.py)")
+    ap.add_argument("--profile-steps", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="accelerator peak for the FLOP utilisation (default: H100/H200 SXM dense bf16)")
     args = ap.parse_args(argv)
@@ -74,6 +81,9 @@ from yolo11_jax.model import set_compute_dtype  # noqa: E402
 from yolo11_jax.optim import make_optimizer, make_schedule  # noqa: E402
 from yolo11_jax.presets import build_model, get_preset  # noqa: E402
 from yolo11_jax.step import TrainState, make_train_step, split_model  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import trace_summary  # noqa: E402
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -194,6 +204,12 @@ def main(args):
             jax.block_until_ready(m)
 
         secs = timed(jax_step, args.repeats)
+        if args.profile:
+            trace_dir = os.path.join(args.profile, f"b{c['batch_size']}_{c['dtype']}_x{c['n_dev']}")
+            with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+                for _ in range(args.profile_steps):
+                    jax_step()
+            trace_summary.print_summary(trace_summary.summarize(trace_dir), args.profile_steps)
         c["state"] = holder.pop("state")
         flops = _cost(compiled, "flops")  # XLA's count of the whole step (GPU: without cuDNN convolutions)
         mfu = 3 * fwd_flops * c["batch_size"] / secs / (args.peak_tflops * 1e12)

@@ -1,0 +1,32 @@
+"""benchmarks/trace_summary.py, the profile reader of ``train_step.py --profile``: it finds the
+trace, sums operation times and groups them (checked on a CPU trace of a small jitted function)."""
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import trace_summary  # noqa: E402
+
+
+def test_summary_of_a_cpu_trace(tmp_path):
+    f = jax.jit(lambda x: jnp.tanh(x @ x).sum())
+    x = jnp.ones((256, 256))
+    f(x).block_until_ready()
+    with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+        for _ in range(3):
+            f(x).block_until_ready()
+    s = trace_summary.summarize(str(tmp_path), top=10)
+    assert s["device"] == "host XLA threads" and s["total_us"] > 0
+    assert 0 < len(s["ops"]) <= 10 and all(us > 0 for _, us in s["ops"])
+    assert not any(trace_summary._HOST_NOISE.search(name) for name, _ in s["ops"])
+    assert s["groups"].get("conv/matmul", 0) > 0  # the dot
+    assert sum(s["groups"].values()) == pytest.approx(s["total_us"])
+
+
+def test_missing_trace_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no perfetto_trace.json.gz under"):
+        trace_summary.summarize(str(tmp_path))
