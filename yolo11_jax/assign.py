@@ -202,25 +202,21 @@ def task_aligned_assign(
     else:
         pad = n_chunks * chunk - a
 
-        def top_in_chunks(chunk_max, values_of):
-            """The top-k of each box, searched in its k best chunks: ``values_of(chunk_ids)``
-            gives the alignment at those chunks' anchors, ``(B, M, k * chunk)``."""
+        def top_in_chunks(chunk_max):
+            """The top-k of each box, searched in its k best chunks (alignment recomputed
+            there: B * M * k * chunk pairs)."""
             _, chunk_ids = jax.lax.top_k(chunk_max, k)
             chunk_ids = jnp.sort(chunk_ids, axis=-1)                                      # (B, M, k)
             cand_idx = (chunk_ids[..., None] * chunk + jnp.arange(chunk)).reshape(b, m, k * chunk)
-            cand = jnp.where(cand_idx < a, values_of(chunk_ids).reshape(b, m, k * chunk), -jnp.inf)
+            cand = jnp.where(cand_idx < a, alignment_at(jnp.minimum(cand_idx, a - 1)), -jnp.inf)
             vals, pos = jax.lax.top_k(cand, k)
             return vals, jnp.take_along_axis(cand_idx, pos, axis=-1)
-
-        def recompute(chunk_ids):
-            idx = (chunk_ids[..., None] * chunk + jnp.arange(chunk)).reshape(b, m, k * chunk)
-            return alignment_at(jnp.minimum(idx, a - 1))
 
         def top_dense():
             dense = alignment_at(None)
             if pad:
                 dense = jnp.pad(dense, [(0, 0), (0, 0), (0, pad)], constant_values=-jnp.inf)
-            return top_in_chunks(jnp.max(dense.reshape(b, m, n_chunks, chunk), axis=-1), recompute)
+            return top_in_chunks(jnp.max(dense.reshape(b, m, n_chunks, chunk), axis=-1))
 
         # A chunk can hold an anchor inside a box only if the bounding box of its anchors
         # meets the box (ax - x1 > 0 implies ax > x1, so this test keeps every such chunk);
@@ -253,10 +249,11 @@ def task_aligned_assign(
                 bi, ci = w // (n_words * n_chunks), (w // n_words) % n_chunks
                 mi = jnp.minimum((w % n_words) * 32 + bit, m - 1)
                 start = ci * chunk
+                # (T, chunk, 4) predicted boxes and (T, chunk, 2) anchor points of each slot.
                 boxes = jax.vmap(lambda bb, st: jax.lax.dynamic_slice(
-                    boxes_padded, (bb, st, jnp.zeros_like(st)), (1, chunk, 4))[0])(bi, start)          # (T, chunk, 4)
+                    boxes_padded, (bb, st, jnp.zeros_like(st)), (1, chunk, 4))[0])(bi, start)
                 points = jax.vmap(lambda st: jax.lax.dynamic_slice(
-                    anchors_padded, (st, jnp.zeros_like(st)), (chunk, 2)))(start)                        # (T, chunk, 2)
+                    anchors_padded, (st, jnp.zeros_like(st)), (chunk, 2)))(start)
                 ai = jnp.minimum(start[:, None] + jnp.arange(chunk), a - 1)
                 gt = tuple(gt_bboxes[bi, mi, col][:, None] for col in range(4))
                 in_gt = inside(points[..., 0], points[..., 1], gt, True)                  # (T, chunk)
@@ -266,10 +263,10 @@ def task_aligned_assign(
                 return maxima.at[dest].set(jnp.max(vals, axis=-1), mode="drop")
 
             n_blocks = (count + _SPARSE_BLOCK - 1) // _SPARSE_BLOCK
-            # The loop keeps only the maxima: the k best chunks of each box are recomputed
-            # (B * M * k * chunk pairs), cheaper than zeroing a buffer for every slot's values.
+            # The loop keeps only the maxima: recomputing the k best chunks of each box is
+            # cheaper than zeroing a buffer for every slot's values.
             maxima = jax.lax.fori_loop(0, n_blocks, block, jnp.zeros(b * m * n_chunks, dtype))
-            return top_in_chunks(maxima.reshape(b, m, n_chunks), recompute)
+            return top_in_chunks(maxima.reshape(b, m, n_chunks))
 
         if method == "dense":
             top_vals, top_idx = top_dense()
