@@ -34,6 +34,7 @@ float64 when the predictions are float64 (JAX x64 enabled).
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -202,14 +203,18 @@ def task_aligned_assign(
     else:
         pad = n_chunks * chunk - a
 
-        def top_in_chunks(chunk_max):
-            """The top-k of each box, searched in its k best chunks (alignment recomputed
-            there: B * M * k * chunk pairs)."""
+        def top_in_chunks(chunk_max, chunk_values=None):
+            """The top-k of each box, searched in its k best chunks: ``chunk_values(chunk_ids)``
+            gives their ``(B, M, k, chunk)`` alignments; by default they are recomputed
+            (B * M * k * chunk pairs)."""
             _, chunk_ids = jax.lax.top_k(chunk_max, k)
             chunk_ids = jnp.sort(chunk_ids, axis=-1)                                      # (B, M, k)
             cand_idx = (chunk_ids[..., None] * chunk + jnp.arange(chunk)).reshape(b, m, k * chunk)
-            cand = jnp.where(cand_idx < a, alignment_at(jnp.minimum(cand_idx, a - 1)), -jnp.inf)
-            vals, pos = jax.lax.top_k(cand, k)
+            if chunk_values is None:
+                cand = alignment_at(jnp.minimum(cand_idx, a - 1))
+            else:
+                cand = chunk_values(chunk_ids).reshape(b, m, k * chunk)
+            vals, pos = jax.lax.top_k(jnp.where(cand_idx < a, cand, -jnp.inf), k)
             return vals, jnp.take_along_axis(cand_idx, pos, axis=-1)
 
         def top_dense():
@@ -226,7 +231,7 @@ def task_aligned_assign(
         lo, hi = jnp.nanmin(by_chunk, axis=1), jnp.nanmax(by_chunk, axis=1)        # (n_chunks, 2)
         hit = gt_mask[:, :, None] & (hi[:, 0] > x1) & (lo[:, 0] < x2) & (hi[:, 1] > y1) & (lo[:, 1] < y2)
 
-        def top_sparse():
+        def top_sparse(capacity):
             # The (box, chunk) pairs to evaluate ("slots") are numbered in (image, chunk, box)
             # order, so that neighbouring slots read the same anchors' scores and boxes (twice
             # as fast as box-major order). The hits are packed into 32-bit words; slot j is
@@ -241,7 +246,8 @@ def task_aligned_assign(
             count = word_end[-1]
             boxes_padded = jnp.pad(pred_bboxes, [(0, 0), (0, pad), (0, 0)])
 
-            def block(i, maxima):
+            def block(i, carry):
+                maxima, slot_values = carry
                 j = i * _SPARSE_BLOCK + jnp.arange(_SPARSE_BLOCK, dtype=jnp.int32)
                 w = jnp.minimum(jnp.searchsorted(word_end, j, side="right", method="scan"),
                                 word_end.shape[0] - 1).astype(jnp.int32)
@@ -254,28 +260,57 @@ def task_aligned_assign(
                     boxes_padded, (bb, st, jnp.zeros_like(st)), (1, chunk, 4))[0])(bi, start)
                 points = jax.vmap(lambda st: jax.lax.dynamic_slice(
                     anchors_padded, (st, jnp.zeros_like(st)), (chunk, 2)))(start)
-                ai = jnp.minimum(start[:, None] + jnp.arange(chunk), a - 1)
                 gt = tuple(gt_bboxes[bi, mi, col][:, None] for col in range(4))
                 in_gt = inside(points[..., 0], points[..., 1], gt, True)                  # (T, chunk)
-                s = scores_at(bi[:, None], ai, safe_labels[bi, mi][:, None], in_gt)
+                labels = safe_labels[bi, mi]
+                if pad:  # the last chunk runs past the anchors: gather (no padded copy of the scores)
+                    ai = jnp.minimum(start[:, None] + jnp.arange(chunk), a - 1)
+                    s = scores_at(bi[:, None], ai, labels[:, None], in_gt)
+                else:
+                    # The box's class scores of all the slot's anchors, a strided slice: reading
+                    # them all, in a run the prefetcher follows, costs less than gathering only
+                    # those inside the box.
+                    s = jax.vmap(lambda bb, st, label: jax.lax.dynamic_slice(
+                        pred_scores, (bb, st, label), (1, chunk, 1))[0, :, 0])(bi, start, labels)
                 vals = alignment(s, boxes, in_gt, gt)
                 dest = jnp.where(j < count, (bi * m + mi) * n_chunks + ci, b * m * n_chunks)
-                return maxima.at[dest].set(jnp.max(vals, axis=-1), mode="drop")
+                return (maxima.at[dest].set(jnp.max(vals, axis=-1), mode="drop"),
+                        jax.lax.dynamic_update_slice(
+                            slot_values, vals, (jnp.int32(i * _SPARSE_BLOCK), jnp.int32(0))))
 
             n_blocks = (count + _SPARSE_BLOCK - 1) // _SPARSE_BLOCK
-            # The loop keeps only the maxima: recomputing the k best chunks of each box is
-            # cheaper than zeroing a buffer for every slot's values.
-            maxima = jax.lax.fori_loop(0, n_blocks, block, jnp.zeros(b * m * n_chunks, dtype))
-            return top_in_chunks(maxima.reshape(b, m, n_chunks))
+            maxima, slot_values = jax.lax.fori_loop(
+                0, n_blocks, block, (jnp.zeros(b * m * n_chunks, dtype), jnp.zeros((capacity, chunk), dtype)))
+
+            def stored_values(chunk_ids):
+                """The loop's values of the chunks ``chunk_ids`` (B, M, k): slot of (b, m, c)
+                from the words (hits before it), zeros where the pair was not hit."""
+                mi = jnp.arange(m, dtype=jnp.int32)[None, :, None]
+                w = (jnp.arange(b)[:, None, None] * n_chunks + chunk_ids) * n_words + mi // 32
+                bit = (mi % 32).astype(jnp.uint32)
+                word = words[w]
+                was_hit = ((word >> bit) & jnp.uint32(1)) == 1
+                before = jax.lax.population_count(word & ((jnp.uint32(1) << bit) - jnp.uint32(1)))
+                slot = jnp.where(was_hit, word_end[w] - word_hits[w] + before.astype(jnp.int32), 0)
+                return jnp.where(was_hit[..., None], slot_values[slot], 0.0)
+
+            return top_in_chunks(maxima.reshape(b, m, n_chunks), stored_values)
+
+        # Slots the loop's value buffer holds: every (box, chunk) pair when asked for the
+        # sparse pass, the share up to which 'auto' takes it otherwise.
+        def slots_for(fraction):
+            return -(-min(hit.size, math.ceil(fraction * hit.size)) // _SPARSE_BLOCK) * _SPARSE_BLOCK
 
         if method == "dense":
             top_vals, top_idx = top_dense()
         elif method == "sparse":
-            top_vals, top_idx = top_sparse()
+            top_vals, top_idx = top_sparse(slots_for(1.0))
         else:
             sparse_enough = jnp.sum(hit) <= _SPARSE_MAX_FRACTION * hit.size
             top_vals, top_idx = jax.lax.platform_dependent(
-                cpu=lambda: jax.lax.cond(sparse_enough, top_sparse, top_dense), default=top_dense)
+                cpu=lambda: jax.lax.cond(sparse_enough, lambda: top_sparse(slots_for(_SPARSE_MAX_FRACTION)),
+                                         top_dense),
+                default=top_dense)
     selected = top_vals > 0
     top_vals = jnp.where(selected, top_vals, 0.0)
 
