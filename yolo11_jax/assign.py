@@ -260,7 +260,8 @@ def task_aligned_assign(
                     boxes_padded, (bb, st, jnp.zeros_like(st)), (1, chunk, 4))[0])(bi, start)
                 points = jax.vmap(lambda st: jax.lax.dynamic_slice(
                     anchors_padded, (st, jnp.zeros_like(st)), (chunk, 2)))(start)
-                gt = tuple(gt_bboxes[bi, mi, col][:, None] for col in range(4))
+                gt_rows = gt_bboxes.reshape(b * m, 4)[bi * m + mi]       # one gather of rows: 4 separate ones cost more
+                gt = tuple(gt_rows[:, col, None] for col in range(4))
                 in_gt = inside(points[..., 0], points[..., 1], gt, True)                  # (T, chunk)
                 labels = safe_labels[bi, mi]
                 if pad:  # the last chunk runs past the anchors: gather (no padded copy of the scores)
