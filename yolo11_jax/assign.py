@@ -229,7 +229,10 @@ def task_aligned_assign(
         anchors_padded = jnp.pad(anchor_points, [(0, pad), (0, 0)], constant_values=jnp.nan)
         by_chunk = anchors_padded.reshape(n_chunks, chunk, 2)
         lo, hi = jnp.nanmin(by_chunk, axis=1), jnp.nanmax(by_chunk, axis=1)        # (n_chunks, 2)
-        hit = gt_mask[:, :, None] & (hi[:, 0] > x1) & (lo[:, 0] < x2) & (hi[:, 1] > y1) & (lo[:, 1] < y2)
+        # (B, chunks, M): the order in which the hits are numbered below.
+        gx1, gy1, gx2, gy2 = (gt_bboxes[:, None, :, i] for i in range(4))               # (B, 1, M)
+        hit = (gt_mask[:, None, :] & (hi[:, 0, None] > gx1) & (lo[:, 0, None] < gx2)
+               & (hi[:, 1, None] > gy1) & (lo[:, 1, None] < gy2))
 
         def top_sparse(capacity):
             # The (box, chunk) pairs to evaluate ("slots") are numbered in (image, chunk, box)
@@ -238,7 +241,7 @@ def task_aligned_assign(
             # found by a binary search over the words' running counts and then inside its
             # word, so the loop's work follows the number of hits, not B * M * chunks.
             n_words = -(-m // 32)
-            hit_bcm = jnp.pad(jnp.swapaxes(hit, 1, 2), [(0, 0), (0, 0), (0, 32 * n_words - m)])
+            hit_bcm = jnp.pad(hit, [(0, 0), (0, 0), (0, 32 * n_words - m)])
             words = jnp.sum(hit_bcm.reshape(-1, 32).astype(jnp.uint32) << jnp.arange(32, dtype=jnp.uint32),
                             axis=-1, dtype=jnp.uint32)                                 # (B*n_chunks*n_words,)
             word_hits = jax.lax.population_count(words).astype(jnp.int32)
