@@ -329,9 +329,9 @@ def task_aligned_assign(
     assigned_gt = jnp.where(assigned_gt == m, 0, assigned_gt)                              # (B, A)
     fg_mask = ~(max_alignment < eps)
 
-    labels = jnp.where(fg_mask, jnp.take_along_axis(safe_labels, assigned_gt, axis=1), -1)
-    bboxes = jnp.take_along_axis(gt_bboxes, assigned_gt[:, :, None], axis=1)
-    bboxes = jnp.where(fg_mask[:, :, None], bboxes, 0.0)
+    flat_gt = jnp.arange(b, dtype=jnp.int32)[:, None] * m + assigned_gt                      # (B, A)
+    labels = jnp.where(fg_mask, safe_labels.reshape(-1)[flat_gt], -1)
+    bboxes = jnp.where(fg_mask[:, :, None], gt_bboxes.reshape(b * m, 4)[flat_gt], 0.0)
 
     fg_max = jnp.max(jnp.where(fg_mask, max_alignment, 0.0), axis=1, keepdims=True)  # (B, 1)
     norm_align = jnp.where(fg_mask, max_alignment / (fg_max + eps), 0.0)
