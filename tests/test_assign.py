@@ -149,6 +149,34 @@ def test_arbitrary_anchor_layout_and_padded_chunks():
     check_equal((anchors_grid, strides, *rest), chunk_sizes=(16,))
 
 
+def test_ties_at_the_kth_place_go_to_the_lower_anchor_index():
+    """Equal alignments straddling the k-th place go to the lower anchor index (lax.top_k's
+    rule), although the search meets the best chunk's candidates first: here the chunk with
+    the largest value has the higher index, so without the check for such ties the search
+    would keep its anchor. (torch.topk leaves the order of ties open, so this is checked
+    against the rule, not the reference.)"""
+    anchors, _ = make_anchor_points(feature_sizes((128, 128)))
+    a = len(anchors)
+    box = np.array([6.0, 6.0, 122.0, 122.0], np.float32)
+    # Every predicted box is the ground-truth box: equal IoU everywhere, alignment = score.
+    pred_bboxes = np.broadcast_to(box, (1, a, 4)).copy()
+    inside = np.flatnonzero((anchors[:, 0] > box[0]) & (anchors[:, 1] > box[1])
+                            & (anchors[:, 0] < box[2]) & (anchors[:, 1] < box[3]))
+    chunk = 4
+    low_chunk, high_chunk = inside[8] // chunk, inside[-8] // chunk       # both chunks wholly inside
+    assert set(range(low_chunk * chunk, low_chunk * chunk + chunk)) <= set(inside)
+    assert set(range(high_chunk * chunk, high_chunk * chunk + chunk)) <= set(inside)
+    pred_scores = np.full((1, a, 2), 0.1, np.float32)
+    best, second = high_chunk * chunk, low_chunk * chunk                   # chunk maxima 0.9 > 0.8
+    tie_low, tie_high = low_chunk * chunk + 2, high_chunk * chunk + 2      # 0.5 each
+    pred_scores[0, [best, second, tie_low, tie_high], 0] = [0.9, 0.8, 0.5, 0.5]
+    gt = (np.zeros((1, 1), np.int32), box[None, None], np.ones((1, 1), bool))
+    for method in METHODS:
+        labels, _, scores, fg = (np.asarray(x) for x in task_aligned_assign(
+            pred_scores, pred_bboxes, anchors, *gt, topk=3, chunk_size=chunk, method=method))
+        assert sorted(np.flatnonzero(fg[0])) == sorted([best, second, tie_low]), method
+
+
 def test_unknown_method_is_an_error():
     anchors, _, *rest = make_batch(33)
     with pytest.raises(ValueError, match="unknown assignment method 'fast'"):
