@@ -254,9 +254,10 @@ def task_aligned_assign(
         def top_sparse(capacity):
             # The (box, chunk) pairs to evaluate ("slots") are numbered in (image, chunk, box)
             # order, so that neighbouring slots read the same anchors' scores and boxes (twice
-            # as fast as box-major order). The hits are packed into 32-bit words; slot j is
-            # found by a binary search over the words' running counts and then inside its
-            # word, so the loop's work follows the number of hits, not B * M * chunks.
+            # as fast as box-major order). The hits are packed into 32-bit words (one per
+            # image, chunk and 32 boxes); each word's id is repeated as many times as it has
+            # hits, which gives every slot its word, and its bit is found by its rank in the
+            # word. The loop's trip count follows the number of hits, not B * M * chunks.
             n_words = -(-m // 32)
             hit_bcm = jnp.pad(hit, [(0, 0), (0, 0), (0, 32 * n_words - m)])
             words = jnp.sum(hit_bcm.reshape(-1, 32).astype(jnp.uint32) << jnp.arange(32, dtype=jnp.uint32),
@@ -266,14 +267,19 @@ def task_aligned_assign(
             count = word_end[-1]
             boxes_padded = jnp.pad(pred_bboxes, [(0, 0), (0, pad), (0, 0)])
 
+            slot_word = jnp.repeat(jnp.arange(words.shape[0], dtype=jnp.int32), word_hits,
+                                   total_repeat_length=capacity)
+            slot_bit = _select_bit(words[slot_word],
+                                   jnp.arange(capacity, dtype=jnp.int32) - (word_end - word_hits)[slot_word])
+            slot_b = slot_word // (n_words * n_chunks)
+            slot_c = (slot_word // n_words) % n_chunks
+            slot_m = jnp.minimum((slot_word % n_words) * 32 + slot_bit, m - 1)
+
             def block(i, carry):
                 maxima, slot_values = carry
-                j = i * _SPARSE_BLOCK + jnp.arange(_SPARSE_BLOCK, dtype=jnp.int32)
-                w = jnp.minimum(jnp.searchsorted(word_end, j, side="right", method="scan"),
-                                word_end.shape[0] - 1).astype(jnp.int32)
-                bit = _select_bit(words[w], j - (word_end[w] - word_hits[w]))
-                bi, ci = w // (n_words * n_chunks), (w // n_words) % n_chunks
-                mi = jnp.minimum((w % n_words) * 32 + bit, m - 1)
+                at = jnp.int32(i * _SPARSE_BLOCK)
+                j = at + jnp.arange(_SPARSE_BLOCK, dtype=jnp.int32)
+                bi, ci, mi = (jax.lax.dynamic_slice(x, (at,), (_SPARSE_BLOCK,)) for x in (slot_b, slot_c, slot_m))
                 start = ci * chunk
                 # (T, chunk, 4) predicted boxes and (T, chunk, 2) anchor points of each slot.
                 boxes = jax.vmap(lambda bb, st: jax.lax.dynamic_slice(
