@@ -212,7 +212,7 @@ def task_aligned_assign(
             then meets the large values early, twice as fast as in anchor order. That order
             decides ties among equal values where anchor order should (``lax.top_k``); it
             matters only when a positive value at the k-th place is shared with a candidate
-            left out, and then the search is redone in anchor order."""
+            left out, and then the search is redone in anchor order. (CPU only.)"""
             _, chunk_ids = jax.lax.top_k(chunk_max, k)                                   # (B, M, k), best first
 
             def search(chunk_ids):
@@ -225,14 +225,20 @@ def task_aligned_assign(
                 vals, pos = jax.lax.top_k(cand, k)
                 return vals, jnp.take_along_axis(cand_idx, pos, axis=-1), cand
 
-            vals, idx, cand = search(chunk_ids)
-            # (min, not vals[..., -1]: a second slice of TopK's sort would stop XLA from
-            # rewriting it into its TopK call)
-            kth = jnp.min(vals, axis=-1, keepdims=True)
-            tied_out = (kth > 0) & (jnp.sum(cand == kth, axis=-1, keepdims=True)
-                                    > jnp.sum(vals == kth, axis=-1, keepdims=True))
-            return jax.lax.cond(jnp.any(tied_out), lambda: search(jnp.sort(chunk_ids, axis=-1))[:2],
-                                lambda: (vals, idx))
+            def in_anchor_order():
+                return search(jnp.sort(chunk_ids, axis=-1))[:2]
+
+            def best_chunk_first():
+                vals, idx, cand = search(chunk_ids)
+                # (min, not vals[..., -1]: a second slice of TopK's sort would stop XLA from
+                # rewriting it into its TopK call)
+                kth = jnp.min(vals, axis=-1, keepdims=True)
+                tied_out = (kth > 0) & (jnp.sum(cand == kth, axis=-1, keepdims=True)
+                                        > jnp.sum(vals == kth, axis=-1, keepdims=True))
+                return jax.lax.cond(jnp.any(tied_out), in_anchor_order, lambda: (vals, idx))
+
+            # Off the CPU the order does not pay for a conditional (on a GPU, a wait on the host).
+            return jax.lax.platform_dependent(cpu=best_chunk_first, default=in_anchor_order)
 
         def top_dense():
             dense = alignment_at(None)
