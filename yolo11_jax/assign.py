@@ -22,10 +22,12 @@ How: the top-k per box is found in two passes over chunks of consecutive anchors
 (best: rows of a feature map). Pass 1 finds each (box, chunk)'s largest alignment,
 either densely for all pairs (fused into the reduction: nothing of size B*M*A is
 written) or sparsely, only for the chunks whose anchors' bounding box meets the
-box, in a loop over blocks of such pairs whose trip count follows their number.
-Pass 2 recomputes the alignment in each box's k best chunks and takes the top-k
-there, which is exactly ``lax.top_k`` over all anchors (see ``_chunk_size``).
-Conflicts are resolved on the B*M*k candidates with a scatter-max and a scatter-min.
+box, in a loop over blocks of such pairs whose trip count follows their number
+(which also keeps every evaluated chunk's values). Pass 2 takes the alignments of
+each box's k best chunks (recomputed after the dense pass, looked up after the
+sparse one) and their top-k, which is exactly ``lax.top_k`` over all anchors (see
+``_chunk_size``). Conflicts are resolved on the B*M*k candidates with a
+scatter-max and a scatter-min.
 
 Arithmetic is in float32 (lower-precision predictions are promoted), or in
 float64 when the predictions are float64 (JAX x64 enabled).
@@ -127,10 +129,11 @@ def task_aligned_assign(
         ``'dense'`` evaluates all ``B*M*A`` (box, anchor) pairs in one fused pass (best on
         GPUs); ``'sparse'`` evaluates only the chunks whose anchors' bounding box meets the
         box, in blocks of a loop whose trip count follows the number of such chunks (best
-        on CPUs, where most dense pairs lie outside their box); ``'auto'`` takes
-        ``'sparse'`` on the CPU when at most 12% of the (box, chunk) pairs need
-        evaluating (decided at run time, per batch), ``'dense'`` otherwise and on other
-        platforms.
+        on CPUs, where most dense pairs lie outside their box; it keeps their values in a
+        buffer of 12% of ``B*M*A`` floats under ``'auto'``, 2 MB at B=16, M=32, 640 px,
+        and of all ``B*M*A`` when asked for by name); ``'auto'`` takes ``'sparse'`` on the
+        CPU when at most 12% of the (box, chunk) pairs need evaluating (decided at run
+        time, per batch), ``'dense'`` otherwise and on other platforms.
 
     Returns:
       ``labels (B, A)`` int32 class id, -1 for background;
