@@ -172,7 +172,7 @@ def test_ties_at_the_kth_place_go_to_the_lower_anchor_index():
     pred_scores[0, [best, second, tie_low, tie_high], 0] = [0.9, 0.8, 0.5, 0.5]
     gt = (np.zeros((1, 1), np.int32), box[None, None], np.ones((1, 1), bool))
     for method in METHODS:
-        labels, _, scores, fg = (np.asarray(x) for x in task_aligned_assign(
+        *_, fg = (np.asarray(x) for x in task_aligned_assign(
             pred_scores, pred_bboxes, anchors, *gt, topk=3, chunk_size=chunk, method=method))
         assert sorted(np.flatnonzero(fg[0])) == sorted([best, second, tie_low]), method
 

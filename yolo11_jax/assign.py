@@ -273,13 +273,13 @@ def task_aligned_assign(
                             axis=-1, dtype=jnp.uint32)                                 # (B*n_chunks*n_words,)
             word_hits = jax.lax.population_count(words).astype(jnp.int32)
             word_end = jnp.cumsum(word_hits)                                           # hits up to each word
+            word_start = word_end - word_hits                                          # slot of its first hit
             count = word_end[-1]
             boxes_padded = jnp.pad(pred_bboxes, [(0, 0), (0, pad), (0, 0)])
 
             slot_word = jnp.repeat(jnp.arange(words.shape[0], dtype=jnp.int32), word_hits,
                                    total_repeat_length=capacity)
-            slot_bit = _select_bit(words[slot_word],
-                                   jnp.arange(capacity, dtype=jnp.int32) - (word_end - word_hits)[slot_word])
+            slot_bit = _select_bit(words[slot_word], jnp.arange(capacity, dtype=jnp.int32) - word_start[slot_word])
             slot_b = slot_word // (n_words * n_chunks)
             slot_c = (slot_word // n_words) % n_chunks
             slot_m = jnp.minimum((slot_word % n_words) * 32 + slot_bit, m - 1)
@@ -311,8 +311,7 @@ def task_aligned_assign(
                 vals = alignment(s, boxes, in_gt, gt)
                 dest = jnp.where(j < count, (bi * m + mi) * n_chunks + ci, b * m * n_chunks)
                 return (maxima.at[dest].set(jnp.max(vals, axis=-1), mode="drop"),
-                        jax.lax.dynamic_update_slice(
-                            slot_values, vals, (jnp.int32(i * _SPARSE_BLOCK), jnp.int32(0))))
+                        jax.lax.dynamic_update_slice(slot_values, vals, (at, jnp.int32(0))))
 
             n_blocks = (count + _SPARSE_BLOCK - 1) // _SPARSE_BLOCK
             maxima, slot_values = jax.lax.fori_loop(
@@ -327,7 +326,7 @@ def task_aligned_assign(
                 word = words[w]
                 was_hit = ((word >> bit) & jnp.uint32(1)) == 1
                 before = jax.lax.population_count(word & ((jnp.uint32(1) << bit) - jnp.uint32(1)))
-                slot = jnp.where(was_hit, word_end[w] - word_hits[w] + before.astype(jnp.int32), 0)
+                slot = jnp.where(was_hit, word_start[w] + before.astype(jnp.int32), 0)
                 return jnp.where(was_hit[..., None], slot_values[slot], 0.0)
 
             return top_in_chunks(maxima.reshape(b, m, n_chunks), stored_values)
