@@ -177,6 +177,32 @@ def test_ties_at_the_kth_place_go_to_the_lower_anchor_index():
         assert sorted(np.flatnonzero(fg[0])) == sorted([best, second, tie_low]), method
 
 
+@pytest.mark.parametrize("topk", [2, 3, 4])
+def test_a_chunk_maximum_shared_by_two_anchors(topk):
+    """Two anchors of one chunk share its maximum. The CPU's search moves each chunk's first
+    maximum to the front of the candidates; the other must stay among them (topk 3, 4: both
+    are kept), and when only one of the pair fits (topk 2) the lower anchor index wins."""
+    anchors, _ = make_anchor_points(feature_sizes((128, 128)))
+    a = len(anchors)
+    box = np.array([6.0, 6.0, 122.0, 122.0], np.float32)
+    pred_bboxes = np.broadcast_to(box, (1, a, 4)).copy()          # alignment = score
+    inside = np.flatnonzero((anchors[:, 0] > box[0]) & (anchors[:, 1] > box[1])
+                            & (anchors[:, 0] < box[2]) & (anchors[:, 1] < box[3]))
+    chunk = 4
+    shared_chunk, other_chunk = inside[-8] // chunk, inside[8] // chunk
+    for c in (shared_chunk, other_chunk):
+        assert set(range(c * chunk, c * chunk + chunk)) <= set(inside)
+    pred_scores = np.full((1, a, 2), 0.1, np.float32)
+    top, pair, third = other_chunk * chunk + 1, [shared_chunk * chunk + 3, shared_chunk * chunk + 1], other_chunk * chunk
+    pred_scores[0, [top, *pair, third], 0] = [0.95, 0.9, 0.9, 0.5]
+    expected = {2: [top, min(pair)], 3: [top, *pair], 4: [top, *pair, third]}[topk]
+    gt = (np.zeros((1, 1), np.int32), box[None, None], np.ones((1, 1), bool))
+    for method in METHODS:
+        *_, fg = (np.asarray(x) for x in task_aligned_assign(
+            pred_scores, pred_bboxes, anchors, *gt, topk=topk, chunk_size=chunk, method=method))
+        assert sorted(np.flatnonzero(fg[0])) == sorted(expected), method
+
+
 def test_unknown_method_is_an_error():
     anchors, _, *rest = make_batch(33)
     with pytest.raises(ValueError, match="unknown assignment method 'fast'"):
