@@ -149,32 +149,51 @@ def test_arbitrary_anchor_layout_and_padded_chunks():
     check_equal((anchors_grid, strides, *rest), chunk_sizes=(16,))
 
 
+_SCENE_CHUNK = 4
+
+
+def _one_box_scene():
+    """One ground-truth box over most of a 128 px image, every predicted box equal to it (equal
+    IoU everywhere, so an anchor's alignment is its score), and two chunks of
+    ``_SCENE_CHUNK`` anchors wholly inside the box, the first lower than the second.
+    Returns ``anchors, pred_bboxes, gt (labels, boxes, mask), (low_chunk, high_chunk)``."""
+    anchors, _ = make_anchor_points(feature_sizes((128, 128)))
+    box = np.array([6.0, 6.0, 122.0, 122.0], np.float32)
+    pred_bboxes = np.broadcast_to(box, (1, len(anchors), 4)).copy()
+    inside = np.flatnonzero((anchors[:, 0] > box[0]) & (anchors[:, 1] > box[1])
+                            & (anchors[:, 0] < box[2]) & (anchors[:, 1] < box[3]))
+    chunks = inside[8] // _SCENE_CHUNK, inside[-8] // _SCENE_CHUNK
+    for c in chunks:
+        assert set(range(c * _SCENE_CHUNK, (c + 1) * _SCENE_CHUNK)) <= set(inside)
+    gt = (np.zeros((1, 1), np.int32), box[None, None], np.ones((1, 1), bool))
+    return anchors, pred_bboxes, gt, chunks
+
+
+def _foreground(anchors, pred_bboxes, gt, anchor_scores, topk):
+    """The foreground anchors of each method, with ``anchor_scores`` ({anchor: score}) set in
+    class 0 over a floor of 0.1."""
+    pred_scores = np.full((1, len(anchors), 2), 0.1, np.float32)
+    pred_scores[0, list(anchor_scores), 0] = list(anchor_scores.values())
+    result = {}
+    for method in METHODS:
+        *_, fg = task_aligned_assign(pred_scores, pred_bboxes, anchors, *gt, topk=topk,
+                                     chunk_size=_SCENE_CHUNK, method=method)
+        result[method] = sorted(np.flatnonzero(np.asarray(fg)[0]))
+    return result
+
+
 def test_ties_at_the_kth_place_go_to_the_lower_anchor_index():
     """Equal alignments straddling the k-th place go to the lower anchor index (lax.top_k's
     rule), although the search meets the best chunk's candidates first: here the chunk with
     the largest value has the higher index, so without the check for such ties the search
     would keep its anchor. (torch.topk leaves the order of ties open, so this is checked
     against the rule, not the reference.)"""
-    anchors, _ = make_anchor_points(feature_sizes((128, 128)))
-    a = len(anchors)
-    box = np.array([6.0, 6.0, 122.0, 122.0], np.float32)
-    # Every predicted box is the ground-truth box: equal IoU everywhere, alignment = score.
-    pred_bboxes = np.broadcast_to(box, (1, a, 4)).copy()
-    inside = np.flatnonzero((anchors[:, 0] > box[0]) & (anchors[:, 1] > box[1])
-                            & (anchors[:, 0] < box[2]) & (anchors[:, 1] < box[3]))
-    chunk = 4
-    low_chunk, high_chunk = inside[8] // chunk, inside[-8] // chunk       # both chunks wholly inside
-    assert set(range(low_chunk * chunk, low_chunk * chunk + chunk)) <= set(inside)
-    assert set(range(high_chunk * chunk, high_chunk * chunk + chunk)) <= set(inside)
-    pred_scores = np.full((1, a, 2), 0.1, np.float32)
-    best, second = high_chunk * chunk, low_chunk * chunk                   # chunk maxima 0.9 > 0.8
-    tie_low, tie_high = low_chunk * chunk + 2, high_chunk * chunk + 2      # 0.5 each
-    pred_scores[0, [best, second, tie_low, tie_high], 0] = [0.9, 0.8, 0.5, 0.5]
-    gt = (np.zeros((1, 1), np.int32), box[None, None], np.ones((1, 1), bool))
-    for method in METHODS:
-        *_, fg = (np.asarray(x) for x in task_aligned_assign(
-            pred_scores, pred_bboxes, anchors, *gt, topk=3, chunk_size=chunk, method=method))
-        assert sorted(np.flatnonzero(fg[0])) == sorted([best, second, tie_low]), method
+    anchors, pred_bboxes, gt, (low, high) = _one_box_scene()
+    best, second = high * _SCENE_CHUNK, low * _SCENE_CHUNK                 # chunk maxima 0.9 > 0.8
+    tie_low, tie_high = low * _SCENE_CHUNK + 2, high * _SCENE_CHUNK + 2    # 0.5 each
+    scores = {best: 0.9, second: 0.8, tie_low: 0.5, tie_high: 0.5}
+    for method, fg in _foreground(anchors, pred_bboxes, gt, scores, topk=3).items():
+        assert fg == sorted([best, second, tie_low]), method
 
 
 @pytest.mark.parametrize("topk", [2, 3, 4])
@@ -182,25 +201,13 @@ def test_a_chunk_maximum_shared_by_two_anchors(topk):
     """Two anchors of one chunk share its maximum. The CPU's search moves each chunk's first
     maximum to the front of the candidates; the other must stay among them (topk 3, 4: both
     are kept), and when only one of the pair fits (topk 2) the lower anchor index wins."""
-    anchors, _ = make_anchor_points(feature_sizes((128, 128)))
-    a = len(anchors)
-    box = np.array([6.0, 6.0, 122.0, 122.0], np.float32)
-    pred_bboxes = np.broadcast_to(box, (1, a, 4)).copy()          # alignment = score
-    inside = np.flatnonzero((anchors[:, 0] > box[0]) & (anchors[:, 1] > box[1])
-                            & (anchors[:, 0] < box[2]) & (anchors[:, 1] < box[3]))
-    chunk = 4
-    shared_chunk, other_chunk = inside[-8] // chunk, inside[8] // chunk
-    for c in (shared_chunk, other_chunk):
-        assert set(range(c * chunk, c * chunk + chunk)) <= set(inside)
-    pred_scores = np.full((1, a, 2), 0.1, np.float32)
-    top, pair, third = other_chunk * chunk + 1, [shared_chunk * chunk + 3, shared_chunk * chunk + 1], other_chunk * chunk
-    pred_scores[0, [top, *pair, third], 0] = [0.95, 0.9, 0.9, 0.5]
+    anchors, pred_bboxes, gt, (other, shared) = _one_box_scene()
+    top, third = other * _SCENE_CHUNK + 1, other * _SCENE_CHUNK
+    pair = [shared * _SCENE_CHUNK + 3, shared * _SCENE_CHUNK + 1]
+    scores = {top: 0.95, pair[0]: 0.9, pair[1]: 0.9, third: 0.5}
     expected = {2: [top, min(pair)], 3: [top, *pair], 4: [top, *pair, third]}[topk]
-    gt = (np.zeros((1, 1), np.int32), box[None, None], np.ones((1, 1), bool))
-    for method in METHODS:
-        *_, fg = (np.asarray(x) for x in task_aligned_assign(
-            pred_scores, pred_bboxes, anchors, *gt, topk=topk, chunk_size=chunk, method=method))
-        assert sorted(np.flatnonzero(fg[0])) == sorted(expected), method
+    for method, fg in _foreground(anchors, pred_bboxes, gt, scores, topk=topk).items():
+        assert fg == sorted(expected), method
 
 
 def test_unknown_method_is_an_error():
