@@ -24,7 +24,9 @@ import os
 import re
 
 GROUPS = (  # first match wins; matched against the lower-cased name ("ynn": XLA:CPU's YNNPACK dot fusions)
-    ("conv/matmul", re.compile(r"conv|cudnn|xmma|gemm|cutlass|matmul|dot|wgrad|dgrad|fprop|sm\d\d_|ynn")),
+    # "conv" alone would also take XLA's "loop_convert_fusion" (element-type casts)
+    ("conv/matmul", re.compile(r"convolution|conv_general|cudnn|xmma|gemm|nvjet|cutlass|matmul|dot|wgrad|dgrad|"
+                               r"fprop|sm\d\d_|ynn")),
     ("reduce", re.compile(r"reduce|reduction")),
     ("copy/transpose", re.compile(r"copy|transpose|memcpy|memset|concatenate|pad")),
     ("other fusion", re.compile(r".")),
@@ -44,8 +46,14 @@ def find_trace(trace_dir: str) -> str:
     return files[-1]
 
 
+def group_of(name: str) -> str:
+    """The coarse group of an operation or kernel name (first pattern of GROUPS that matches)."""
+    return next(group for group, pattern in GROUPS if pattern.search(name.lower()))
+
+
 def summarize(trace_dir: str, top: int = 25) -> dict:
-    """``{'device': track name, 'total_us': ..., 'ops': [(name, us)], 'groups': {group: us}}``."""
+    """``{'device': track name, 'total_us': ..., 'ops': [(name, us)], 'groups': {group: us},
+    'families': [(name without its numeric suffix, us)], 'n_ops': ..., 'n_events': ...}``."""
     path = find_trace(trace_dir)
     with gzip.open(path) as f:
         data = json.load(f)
@@ -66,12 +74,14 @@ def summarize(trace_dir: str, top: int = 25) -> dict:
     total = sum(totals.values())
     groups = collections.Counter()
     for name, us in totals.items():
-        for group, pattern in GROUPS:
-            if pattern.search(name.lower()):
-                groups[group] += us
-                break
+        groups[group_of(name)] += us
+    families = collections.Counter()  # "loop_add_fusion.12", "loop_add_fusion.3" -> "loop_add_fusion"
+    for name, us in totals.items():
+        families[re.sub(r"[._]\d+$", "", name)] += us
     track = ", ".join(sorted(names[p] for p in device_pids)) if on_device else "host XLA threads"
-    return dict(path=path, device=track, total_us=total, ops=totals.most_common(top), groups=dict(groups))
+    return dict(path=path, device=track, total_us=total, ops=totals.most_common(top), groups=dict(groups),
+                families=families.most_common(top), n_ops=len(totals),
+                n_events=sum(1 for e in events if e.get("ph") == "X" and (not on_device or e.get("pid") in device_pids)))
 
 
 def print_summary(s: dict, steps: int = 1) -> None:
@@ -79,6 +89,10 @@ def print_summary(s: dict, steps: int = 1) -> None:
     print(f"trace {s['path']}: {s['device']}, busy {s['total_us'] / 1e3 / steps:.1f} ms per step")
     for group, us in sorted(s["groups"].items(), key=lambda t: -t[1]):
         print(f"  {group:16s} {100 * us / total:5.1f}%  {us / 1e3 / steps:9.2f} ms/step")
+    print(f"  {s.get('n_events', 0) / steps:.0f} events per step, {s.get('n_ops', 0)} distinct operations")
+    print("  top operation families (numeric suffix dropped):")
+    for name, us in s.get("families", []):
+        print(f"    {100 * us / total:5.1f}%  {us / 1e3 / steps:9.3f} ms/step  {name[:110]}")
     print("  top operations:")
     for name, us in s["ops"]:
         print(f"    {100 * us / total:5.1f}%  {us / 1e3 / steps:9.3f} ms/step  {name[:110]}")

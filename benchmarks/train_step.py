@@ -11,7 +11,10 @@ Run (GPU):
         --skip-fwd-bwd --skip-torch --profile /tmp/prof     # where the step's time goes
 
 Same preset, same batch, same device, one process. For every (batch, dtype, devices) it
-reports the JAX step time and images/s, the compile time (separately), achieved GFLOP/s
+reports the JAX step time and images/s with every step waited for (as the reference's step
+is), the same for ``--repeats`` steps dispatched back to back and waited for once ("pipelined":
+how ``yolo11_jax.train`` runs, which syncs every ``--log-every`` steps; on a GPU the host's
+dispatch then overlaps the device's work), the compile time (separately), achieved GFLOP/s
 (XLA's count of the step), XLA's memory estimate of the step, and on GPU the device's peak
 memory and the model FLOP utilisation (3 x forward FLOPs per image, against ``--peak-tflops``).
 The reference step (float32, the notebook's code) runs on the same device for each batch
@@ -204,6 +207,17 @@ def main(args):
             jax.block_until_ready(m)
 
         secs = timed(jax_step, args.repeats)
+
+        def jax_steps_pipelined():  # as the trainer runs: no host sync until --log-every steps
+            metrics = []
+            for _ in range(args.repeats):
+                holder["state"], m = compiled(holder["state"], dev_batch)
+                metrics.append(m)
+            jax.block_until_ready(metrics)
+
+        t0 = time.perf_counter()
+        jax_steps_pipelined()
+        pipelined_secs = (time.perf_counter() - t0) / args.repeats
         if args.profile:
             trace_dir = os.path.join(args.profile, f"b{c['batch_size']}_{c['dtype']}_x{c['n_dev']}")
             with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
@@ -214,6 +228,8 @@ def main(args):
         flops = _cost(compiled, "flops")  # XLA's count of the whole step (GPU: without cuDNN convolutions)
         mfu = 3 * fwd_flops * c["batch_size"] / secs / (args.peak_tflops * 1e12)
         row = dict(batch=c["batch_size"], dtype=c["dtype"], devices=c["n_dev"], ms=secs * 1e3,
+                   pipelined_ms=pipelined_secs * 1e3,
+                   pipelined_mfu=3 * fwd_flops * c["batch_size"] / pipelined_secs / (args.peak_tflops * 1e12),
                    img_s=c["batch_size"] / secs, compile_s=c["compile_s"], gflops_s=flops / secs / 1e9,
                    xla_gib=_xla_bytes(compiled) / 2**30, mfu=mfu)
         if not args.skip_fwd_bwd and c["n_dev"] == 1:
@@ -234,6 +250,9 @@ def main(args):
               f"{row['img_s']:8.1f} img/s  compile {row['compile_s']:6.1f} s  {row['gflops_s']:9.1f} GFLOP/s  "
               f"XLA memory {row['xla_gib']:.2f} GiB"
               + (f"  MFU {100 * row['mfu']:.1f}% of {args.peak_tflops:.0f} TFLOP/s" if dev.platform == "gpu" else "")
+              + f"\n     pipelined ({args.repeats} steps, one wait): {row['pipelined_ms']:9.1f} ms/step  "
+                f"{row['batch'] * 1e3 / row['pipelined_ms']:8.1f} img/s"
+              + (f"  MFU {100 * row['pipelined_mfu']:.1f}%" if dev.platform == "gpu" else "")
               + (f"  fwd+bwd only {row['fwd_bwd_ms']:.1f} ms (non-conv {row['non_conv_pct']:.1f}%)"
                  if "fwd_bwd_ms" in row else ""), flush=True)
     if dev.platform == "gpu":

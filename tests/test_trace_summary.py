@@ -25,8 +25,24 @@ def test_summary_of_a_cpu_trace(tmp_path):
     assert not any(trace_summary._HOST_NOISE.search(name) for name, _ in s["ops"])
     assert s["groups"].get("conv/matmul", 0) > 0  # the dot
     assert sum(s["groups"].values()) == pytest.approx(s["total_us"])
+    assert sum(us for _, us in s["families"]) <= s["total_us"] * (1 + 1e-9)
+    assert s["n_events"] >= s["n_ops"] >= len(s["ops"])
+    trace_summary.print_summary(s, steps=3)
 
 
 def test_missing_trace_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no perfetto_trace.json.gz under"):
         trace_summary.summarize(str(tmp_path))
+
+
+@pytest.mark.parametrize("name, group", [
+    ("loop_convert_fusion.10", "other fusion"),  # a cast, not a convolution
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64", "conv/matmul"),
+    ("nvjet_sm90_tst_128x160_64x5_2x1_v_ssched_bz_TNT", "conv/matmul"),
+    ("convolution.43", "conv/matmul"),
+    ("input_add_reduce_fusion.68", "reduce"),
+    ("input_concatenate_fusion", "copy/transpose"),
+    ("loop_multiply_fusion.9", "other fusion"),
+])
+def test_groups_of_gpu_and_cpu_names(name, group):
+    assert trace_summary.group_of(name) == group
