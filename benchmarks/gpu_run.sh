@@ -22,12 +22,15 @@ if [ "${2:-}" = profile ]; then
   timeout ${STEP_TIMEOUT:-240} python3 benchmarks/train_step.py --model notebook --img-size 640 --batch 64 \
     --dtype bfloat16 --skip-fwd-bwd --skip-torch --repeats 5 --profile "$out/trace" 2>&1 \
     | grep -v "Warning\|cuda_timer" | tee "$out/profile_b64_bfloat16.log"
+  trace=$(find "$out/trace" -name perfetto_trace.json.gz 2>/dev/null | head -1)
+  [ -n "$trace" ] && cp "$trace" "$out/trace_b64_bfloat16.json.gz" && rm -rf "$out/trace"
   exit
 fi
 # 1) the training step: notebook network at 640, bfloat16 and float32, batch 64 then 16; one
 #    process per configuration (a slow compile costs only its own figure), the reference
 #    (float32, same GPU) timed first in the first process of each batch size. The bfloat16
-#    batch-64 process also traces 2 steps (where the time goes: $OUT/trace, summary in its log)
+#    batch-64 process also traces 2 steps (where the time goes: summary in its log, the trace
+#    itself in $OUT/trace_b64_bfloat16.json.gz, for benchmarks/trace_summary.py or Perfetto)
 #    and dumps its optimised HLO ($OUT/hlo, gzipped) to name the fusions of the trace.
 for b in 64 16; do
   torch_flag=--torch-first
