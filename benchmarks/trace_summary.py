@@ -1,6 +1,6 @@
 """Where the time of a profiled JAX step goes: top operations of a ``jax.profiler`` trace.
 
-Run:  python benchmarks/trace_summary.py TRACE_DIR [--top 25]
+Run:  python benchmarks/trace_summary.py TRACE_DIR_OR_FILE [--top 25] [--steps N]
       (``benchmarks/train_step.py --profile DIR`` writes such traces and prints this summary)
 
 Reads the newest ``perfetto_trace.json.gz`` under TRACE_DIR (written by
@@ -38,6 +38,10 @@ _HOST_NOISE = re.compile(r"^\$|PjRt|PjitFunction|ThunkExecutor|Execute|ParseArgu
 
 
 def find_trace(trace_dir: str) -> str:
+    """The newest ``perfetto_trace.json.gz`` under ``trace_dir``, or ``trace_dir`` itself when it
+    is a file (such as the copy that ``benchmarks/gpu_run.sh`` keeps)."""
+    if os.path.isfile(trace_dir):
+        return trace_dir
     files = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True),
                    key=os.path.getmtime)
     if not files:
@@ -100,7 +104,7 @@ def print_summary(s: dict, steps: int = 1) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("trace_dir")
+    ap.add_argument("trace_dir", help="a folder with a perfetto_trace.json.gz below it, or such a file")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--steps", type=int, default=1, help="steps in the trace (for per-step figures)")
     args = ap.parse_args()

@@ -28,6 +28,7 @@ def test_summary_of_a_cpu_trace(tmp_path):
     assert sum(us for _, us in s["families"]) <= s["total_us"] * (1 + 1e-9)
     assert s["n_events"] >= s["n_ops"] >= len(s["ops"])
     trace_summary.print_summary(s, steps=3)
+    assert trace_summary.summarize(s["path"], top=10)["total_us"] == s["total_us"]  # the file itself
 
 
 def test_missing_trace_is_a_clear_error(tmp_path):
