@@ -92,28 +92,39 @@ def _json_safe(x):
     return x
 
 
-def main(argv=None) -> int:
-    from yolo11_jax import convert
-    from yolo11_jax.data import build_dataset
-    from yolo11_jax.presets import PRESETS, build_model
+def build_parser() -> argparse.ArgumentParser:
+    from yolo11_jax.presets import PRESETS
 
     ap = argparse.ArgumentParser(prog="python -m yolo11_jax.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, help="a training run directory (uses its final weights and config)")
     src.add_argument("--weights", type=Path, help="a .safetensors file with the reference's key names")
-    ap.add_argument("--model", choices=sorted(PRESETS), help="model preset (default: the run's; 'small' with --weights)")
+    ap.add_argument("--model", choices=sorted(PRESETS),
+                    help="model preset (default: the run's; 'small' with --weights)")
     ap.add_argument("--num-classes", type=int, help="number of classes (default: the run's, or the data's)")
     ap.add_argument("--data", help="data spec as for training (default: the run's validation data)")
     ap.add_argument("--split", default=None, help="split to evaluate (default: the run's validation split)")
     ap.add_argument("--image-dir", help="image folder for a COCO .json annotation file")
     ap.add_argument("--img-size", type=int, help="input size in pixels (default: the run's)")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     ap.add_argument("--max-samples", type=int, help="evaluate at most this many images")
-    ap.add_argument("--conf-threshold", type=float, default=0.001)
-    ap.add_argument("--iou-threshold", type=float, default=0.7)
-    ap.add_argument("--max-det", type=int, default=300)
+    ap.add_argument("--conf-threshold", type=float, default=0.001,
+                    help="keep detections with score above this (default: %(default)s)")
+    ap.add_argument("--iou-threshold", type=float, default=0.7,
+                    help="NMS: suppress same-class boxes overlapping more than this IoU (default: %(default)s)")
+    ap.add_argument("--max-det", type=int, default=300,
+                    help="at most this many detections per image (default: %(default)s)")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    return ap
+
+
+def main(argv=None) -> int:
+    from yolo11_jax import convert
+    from yolo11_jax.data import build_dataset
+    from yolo11_jax.presets import build_model
+
+    ap = build_parser()
     args = ap.parse_args(argv)
 
     cfg = {}
