@@ -105,7 +105,7 @@ def print_summary(s: dict, steps: int = 1) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("trace_dir", help="a folder with a perfetto_trace.json.gz below it, or such a file")
-    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--top", type=int, default=25, help="operations and families listed (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=1, help="steps in the trace (for per-step figures)")
     args = ap.parse_args()
     print_summary(summarize(args.trace_dir, args.top), args.steps)
