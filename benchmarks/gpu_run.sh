@@ -18,12 +18,16 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=$PWD${P
 if ! python3 -c "import flax, sys; v = tuple(int(x) for x in flax.__version__.split('.')[:2]); sys.exit(v < (0, 12))"; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/flax-*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
+keep_trace() {  # the trace, where the device tool fetches it (nested folders do not come back)
+  local trace
+  trace=$(find "$out/trace" -name perfetto_trace.json.gz 2>/dev/null | head -1)
+  if [ -n "$trace" ]; then cp "$trace" "$out/trace_b64_bfloat16.json.gz" && rm -rf "$out/trace"; fi
+}
 if [ "${2:-}" = profile ]; then
   timeout ${STEP_TIMEOUT:-240} python3 benchmarks/train_step.py --model notebook --img-size 640 --batch 64 \
     --dtype bfloat16 --skip-fwd-bwd --skip-torch --repeats 5 --profile "$out/trace" 2>&1 \
     | grep -v "Warning\|cuda_timer" | tee "$out/profile_b64_bfloat16.log"
-  trace=$(find "$out/trace" -name perfetto_trace.json.gz 2>/dev/null | head -1)
-  [ -n "$trace" ] && cp "$trace" "$out/trace_b64_bfloat16.json.gz" && rm -rf "$out/trace"
+  keep_trace
   exit
 fi
 # 1) the training step: notebook network at 640, bfloat16 and float32, batch 64 then 16; one
@@ -57,9 +61,7 @@ if [ -d "$out/hlo" ]; then  # keep the optimised module only, compressed
   find "$out/hlo" -type f -name '*.txt' -exec gzip -f {} +
   find "$out/hlo" -type d -empty -delete
 fi
-# the trace, where the device tool fetches it (nested folders do not come back)
-trace=$(find "$out/trace" -name perfetto_trace.json.gz 2>/dev/null | head -1)
-[ -n "$trace" ] && cp "$trace" "$out/trace_b64_bfloat16.json.gz" && rm -rf "$out/trace"
+keep_trace
 # 2) the assigner at B=16, 8400 anchors, 32 boxes, 80 classes
 echo "== $(date -u +%T) assigner"
 timeout 60 python3 benchmarks/assigner.py 2>&1 | tee "$out/assigner_gpu.log"
