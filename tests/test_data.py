@@ -170,14 +170,6 @@ def test_shapes_cache_dir(tmp_path):
     assert again["objects"] == ds["objects"]
 
 
-def test_shapes_generation_is_fast():
-    import time
-
-    t = time.perf_counter()
-    make_shapes_dataset("train", num_images=300, img_size=128)
-    assert time.perf_counter() - t < 5.0  # ~2000 images in a few seconds
-
-
 # ----------------------------------------------------------------------------- HF reader
 
 
@@ -630,3 +622,44 @@ def test_build_dataset_shapes_default():
     assert all(e.image.shape == (S, S, 3) and e.image.dtype == np.uint8 for e in data.examples)
     loader = BatchLoader(data.examples, batch_size=4, img_size=S, max_boxes=4)
     assert sum(1 for _ in loader.epoch(0)) == 3
+
+
+def test_yolo_splits_are_never_mixed(tmp_path):
+    """images/train + images/val: 'validation' finds val (an alias), an absent split is an
+    error naming the split folders, and a flat layout has only 'train'."""
+    _write_yolo(tmp_path, "train")
+    val_img, val_lab = tmp_path / "images" / "val", tmp_path / "labels" / "val"
+    val_img.mkdir(parents=True)
+    val_lab.mkdir(parents=True)
+    _solid(30, 30).save(val_img / "v.png")
+    (val_lab / "v.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    for split in ("val", "validation", "valid"):
+        exs = list(yolo_txt_examples(tmp_path, split))
+        assert [Path(e.source_id).name for e in exs] == ["v.png"], split
+    assert len(list(yolo_txt_examples(tmp_path, "train"))) == 3
+    with pytest.raises(ValueError, match=r"no images/test/ folder; the split folders are \['train', 'val'\]"):
+        yolo_txt_examples(tmp_path, "test")
+
+    flat = tmp_path / "flat"
+    _write_yolo(flat, None)
+    assert len(list(yolo_txt_examples(flat, "train"))) == 3
+    with pytest.raises(ValueError, match=r"no split folders .* not as 'validation'"):
+        yolo_txt_examples(flat, "validation")
+
+
+def test_yolo_missing_labels_folder_is_an_error(tmp_path):
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    _solid(30, 30).save(tmp_path / "images" / "train" / "x.png")
+    with pytest.raises(ValueError, match=r"no labels folder .*labels/train"):
+        yolo_txt_examples(tmp_path, "train")
+
+
+def test_hf_wrong_schema_is_an_error_not_empty_images():
+    """A dataset whose boxes sit in another column must not load as background images."""
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": _png(_solid(8, 8)), "path": None}],
+                                     "annotations": [{"bbox": [[1.0, 1.0, 2.0, 2.0]], "category": [0]}]},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "annotations": HF_FEATURES["objects"]}))
+    with pytest.raises(ValueError, match=r"dataset\[0\]: no column 'objects'; the rows have \['annotations', 'image'\]"):
+        list(hf_examples(ds, skip_empty=False))
+    assert len(list(hf_examples(ds, objects_key="annotations", num_classes=1))) == 1

@@ -49,3 +49,41 @@ def test_evaluate_cli_unfinished_run(run_dir, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["--run", str(unfinished)])
     assert e.value.code == 2
+
+
+def test_evaluate_cli_run_trained_without_evaluation(run_dir, tmp_path, monkeypatch, capsys):
+    """A run with ``val_split: null`` (the notebook preset, ``--val-split none``) is scored on
+    'validation'; the run's resize mode reaches the evaluation (here: letterbox)."""
+    import yolo11_jax.evaluate as E
+
+    run = tmp_path / "no_eval_run"
+    run.mkdir()
+    cfg = json.loads((run_dir / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "val_split": None, "letterbox": True}))
+    (run / "weights.safetensors").write_bytes((run_dir / "weights.safetensors").read_bytes())
+    seen = {}
+    real = E.evaluate_examples
+
+    def spy(*args, **kwargs):
+        seen.update(n=len(args[2]), letterbox=kwargs["letterbox"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(E, "evaluate_examples", spy)
+    assert main(["--run", str(run), "--max-samples", "4", "--batch-size", "4"]) == 0, capsys.readouterr().err
+    assert seen == dict(n=4, letterbox=True)
+    assert "'shapes' (validation): 4 images" in capsys.readouterr().err
+    assert main(["--run", str(run), "--max-samples", "4", "--batch-size", "4", "--no-letterbox"]) == 0
+    assert seen["letterbox"] is False
+
+
+def test_evaluate_cli_bad_input_is_a_message_not_a_traceback(run_dir, tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert main(["--run", str(run_dir), "--data", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(missing) in err and "Traceback" not in err
+    for argv, msg in ((["--run", str(tmp_path)], f"{tmp_path / 'config.json'} not found"),
+                      (["--weights", str(tmp_path / "w.safetensors"), "--data", "shapes"], "w.safetensors not found"),
+                      (["--run", str(run_dir), "--batch-size", "0"], "--batch-size must be >= 1")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err

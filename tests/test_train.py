@@ -84,7 +84,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_class_id_out_of_range_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match=r"class"):
+    with pytest.raises(ValueError, match=r"dataset\[\d+\]: class id \d is outside the valid range 0\.\.1"):
         train(smoke_config(tmp_path, "cls", num_classes=2), progress=False)
     assert not (tmp_path / "cls" / "checkpoints").exists()
 
@@ -92,6 +92,46 @@ def test_class_id_out_of_range_fails_before_training(tmp_path):
 def test_bad_config_is_reported_clearly(tmp_path):
     with pytest.raises(ValueError, match="multiple of 32"):
         train(smoke_config(tmp_path, "bad", img_size=100), progress=False)
+    # Settings used only at the first evaluation or later are checked before any training.
+    with pytest.raises(ValueError) as err:
+        train(smoke_config(tmp_path, "bad", eval_batch_size=0, keep_checkpoints=0, eval_every=-1, workers=-2),
+              progress=False)
+    for msg in ("--eval-batch-size must be >= 1, got 0", "--keep-checkpoints must be >= 1, got 0",
+                "--eval-every must be >= 0, got -1", "--workers must be >= 0, got -2"):
+        assert msg in str(err.value)
+    with pytest.raises(ValueError, match=r"validation data 'shapes' \(validation\) has no usable images"):
+        train(smoke_config(tmp_path, "noval", val_split="validation", eval_every=1, shapes_val_images=0),
+              progress=False)
+    with pytest.raises(ValueError, match=r"3 class names for 4 classes"):
+        train(smoke_config(tmp_path, "names", class_names=["a", "b", "c"]), progress=False)
+    assert not any((tmp_path / name / "checkpoints").exists() for name in ("bad", "noval", "names"))
+
+
+def test_a_finished_run_directory_is_not_overwritten(tmp_path):
+    train(smoke_config(tmp_path, "run", epochs=1), progress=False)
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"already holds a run with checkpoints: continue it with --resume"):
+        train(smoke_config(tmp_path, "run", epochs=1, lr=5e-4), progress=False)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == TrainConfig.lr
+
+
+def test_cli_resume_normalises_overrides_and_rewrites_the_interrupted_epoch(tmp_path):
+    from yolo11_jax.train import main
+    run = tmp_path / "run"
+    train(smoke_config(tmp_path, "run", epochs=2), progress=False, stop_after_epochs=1)
+    # Rows of an epoch interrupted after the checkpoint are dropped on resume, not repeated.
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "interval", "epoch": 2, "step": 12, "total_loss": 1.0}) + "\n")
+    assert main(["--resume", str(run), "--val-split", "none", "--workers", "0"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["val_split"] is None and cfg["workers"] == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(steps) and [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
+    assert all(r.get("total_loss") != 1.0 for r in rows)
+    with pytest.raises(SystemExit):
+        main(["--resume", str(run), "--preset", "notebook"])
 
 
 def test_help_documents_every_option():

@@ -8,7 +8,9 @@ Command line::
     python -m yolo11_jax.evaluate --run RUN_DIR [--data SPEC --split validation]
     python -m yolo11_jax.evaluate --weights model.safetensors --model small --num-classes 4 --data shapes
 
-With ``--run`` the model, image size and data default to those in the run's config.json.
+With ``--run`` the model, image size, resize mode and data default to those in the run's
+config.json; with ``--weights``, to the training config stored in the file's metadata (when
+``train.py`` wrote it).
 """
 
 from __future__ import annotations
@@ -101,12 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--run", type=Path, help="a training run directory (uses its final weights and config)")
     src.add_argument("--weights", type=Path, help="a .safetensors file with the reference's key names")
     ap.add_argument("--model", choices=sorted(PRESETS),
-                    help="model preset (default: the run's; 'small' with --weights)")
-    ap.add_argument("--num-classes", type=int, help="number of classes (default: the run's, or the data's)")
+                    help="model preset (default: the run's; with --weights: the file's metadata, else 'small')")
+    ap.add_argument("--num-classes", type=int,
+                    help="number of classes (default: the run's, else read from the weights)")
     ap.add_argument("--data", help="data spec as for training (default: the run's validation data)")
     ap.add_argument("--split", default=None, help="split to evaluate (default: the run's validation split)")
-    ap.add_argument("--image-dir", help="image folder for a COCO .json annotation file")
-    ap.add_argument("--img-size", type=int, help="input size in pixels (default: the run's)")
+    ap.add_argument("--image-dir", help="image folder for a COCO .json annotation file (default: the run's)")
+    ap.add_argument("--bbox-format", choices=("xywh", "xyxy", "cxcywh_norm"),
+                    help="bbox convention of Hugging Face data (default: the run's, else the data's own)")
+    ap.add_argument("--img-size", type=int, help="input size in pixels (default: the run's, else 640)")
+    ap.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
+                    help="resize keeping the aspect ratio with grey padding (default: as the run was trained; "
+                         "plain resize without a run config)")
     ap.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     ap.add_argument("--max-samples", type=int, help="evaluate at most this many images")
     ap.add_argument("--conf-threshold", type=float, default=0.001,
@@ -122,40 +130,59 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from yolo11_jax import convert
     from yolo11_jax.data import build_dataset
+    from yolo11_jax.predict import _num_classes_from_weights, _weights_metadata_config
     from yolo11_jax.presets import build_model
 
     ap = build_parser()
     args = ap.parse_args(argv)
+    for name in ("batch_size", "max_det", "img_size", "max_samples", "num_classes"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
-    cfg = {}
+    # Every path is checked before the data is loaded.
     if args.run:
-        cfg = json.loads((args.run / "config.json").read_text())
+        cfg_path = args.run / "config.json"
+        if not cfg_path.exists():
+            ap.error(f"{cfg_path} not found: is {args.run} a training run directory?")
+        cfg = json.loads(cfg_path.read_text())
         weights = args.run / "weights.safetensors"
         if not weights.exists():
             ap.error(f"{weights} not found: the run has not finished (no final export)")
     else:
         weights = args.weights
-    model_name = args.model or cfg.get("model", "small")
-    img_size = args.img_size or cfg.get("img_size", 640)
-    data_spec = args.data or cfg.get("val_data") or cfg.get("data", "shapes")
-    split = args.split or cfg.get("val_split", "validation")
-    # The same validation set the training run scored (seed, empty images, limits, conventions).
-    data = build_dataset(data_spec, split=split, num_classes=args.num_classes or cfg.get("num_classes"),
-                         img_size=img_size, letterbox=cfg.get("letterbox", False), skip_empty=False,
-                         max_samples=args.max_samples or cfg.get("val_max_samples"),
-                         image_dir=args.image_dir or cfg.get("image_dir"), bbox_format=cfg.get("bbox_format"),
-                         shapes_num_images=cfg.get("shapes_val_images"), shapes_seed=cfg.get("seed", 0),
-                         shapes_img_size=cfg.get("shapes_img_size", 128), progress=True)
-    num_classes = args.num_classes or cfg.get("num_classes") or data.num_classes
-    print(data.stats.summary(), file=sys.stderr)
-    model = build_model(model_name, num_classes=num_classes, rngs=nnx.Rngs(0))
-    convert.load_safetensors(weights, model)
-    graphdef = eval_graphdef(model)
-    results = evaluate_examples(graphdef, (nnx.state(model),), data.examples, num_classes=num_classes,
-                                img_size=img_size, batch_size=args.batch_size,
-                                class_names=data.class_names or cfg.get("class_names"),
-                                conf_threshold=args.conf_threshold, iou_threshold=args.iou_threshold,
-                                max_det=args.max_det)
+        if not weights.exists():
+            ap.error(f"{weights} not found")
+        cfg = _weights_metadata_config(weights)  # the training config train.py stores, or {}
+    model_name = args.model or cfg.get("model") or "small"
+    img_size = args.img_size or cfg.get("img_size") or 640
+    letterbox = bool(cfg.get("letterbox", False)) if args.letterbox is None else args.letterbox
+    data_spec = args.data or cfg.get("val_data") or cfg.get("data") or "shapes"
+    # A run trained without evaluation stores val_split null: fall back to 'validation'.
+    split = args.split or cfg.get("val_split") or "validation"
+    try:
+        # The same validation set the training run scored (seed, empty images, limits, conventions).
+        data = build_dataset(data_spec, split=split, num_classes=args.num_classes or cfg.get("num_classes"),
+                             img_size=img_size, letterbox=letterbox, skip_empty=False,
+                             max_samples=args.max_samples or cfg.get("val_max_samples"),
+                             image_dir=args.image_dir or cfg.get("val_image_dir") or cfg.get("image_dir"),
+                             bbox_format=args.bbox_format or cfg.get("bbox_format"),
+                             shapes_num_images=cfg.get("shapes_val_images"), shapes_seed=cfg.get("seed", 0),
+                             shapes_img_size=cfg.get("shapes_img_size", 128), progress=True)
+        print(f"{data_spec!r} ({split}): {len(data.examples)} images; {data.stats.summary()}", file=sys.stderr)
+        num_classes = (args.num_classes or cfg.get("num_classes") or _num_classes_from_weights(weights)
+                       or data.num_classes)
+        model = build_model(model_name, num_classes=num_classes, rngs=nnx.Rngs(0))
+        convert.load_safetensors(weights, model)
+        graphdef = eval_graphdef(model)
+        results = evaluate_examples(graphdef, (nnx.state(model),), data.examples, num_classes=num_classes,
+                                    img_size=img_size, batch_size=args.batch_size, letterbox=letterbox,
+                                    class_names=data.class_names or cfg.get("class_names"),
+                                    conf_threshold=args.conf_threshold, iou_threshold=args.iou_threshold,
+                                    max_det=args.max_det)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(format_table(results))
     print(f"mAP@[.5:.95] {results['mAP']:.4f}  AP50 {results['AP50']:.4f}  AP75 {results['AP75']:.4f}  "
           f"({len(data.examples)} images)")

@@ -68,6 +68,7 @@ class TrainConfig:
     val_data: Optional[str] = None          # default: same source as data
     val_split: Optional[str] = "validation"  # None or '' disables evaluation
     image_dir: Optional[str] = None
+    val_image_dir: Optional[str] = None     # default: image_dir, or guessed for a separate val_data json
     bbox_format: Optional[str] = None
     num_classes: Optional[int] = None       # default: from the data
     class_names: Optional[list] = None
@@ -127,7 +128,9 @@ def _flag(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m yolo11_jax.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default="cpu", help="starting configuration")
+    ap.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default=None,
+                    help="starting configuration (default: cpu; with --resume the run's saved configuration "
+                         "is the start instead)")
     ap.add_argument("--resume", type=Path, help="continue the run in this directory from its last checkpoint")
     helps = {
         "model": f"network size: {', '.join(f'{k} ({v.description})' for k, v in PRESETS.items())}",
@@ -136,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         "split": "split of --data to train on",
         "val_data": "validation data spec (default: --data)",
         "val_split": "validation split; 'none' disables evaluation",
-        "image_dir": "image folder for a COCO .json file",
+        "image_dir": "image folder for a COCO .json --data file (default: guessed from the json's location)",
+        "val_image_dir": "image folder for a COCO .json --val-data file (default: guessed from its location; "
+                         "--image-dir when the validation split comes from --data)",
         "bbox_format": "bbox convention of Hugging Face data: xywh (COCO pixels, the notebook's), xyxy, cxcywh_norm",
         "num_classes": "number of classes (default: from the data)",
         "max_samples": "use at most this many training images",
@@ -189,24 +194,38 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = dict(TRAIN_PRESETS[args.preset], preset=args.preset)
-    for field in dataclasses.fields(TrainConfig):
-        v = getattr(args, field.name, None)
-        if v is not None and field.name != "preset":
-            values[field.name] = v
+def _overrides(args: argparse.Namespace) -> dict:
+    """The configuration fields given on the command line (``'none'`` as ``--val-split``: None)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+              if getattr(args, f.name, None) is not None and f.name != "preset"}
     if isinstance(values.get("val_split"), str) and values["val_split"].lower() in ("", "none"):
         values["val_split"] = None
-    return TrainConfig(**values)
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    preset = args.preset or "cpu"
+    return TrainConfig(**{**TRAIN_PRESETS[preset], "preset": preset, **_overrides(args)})
 
 
 def check_config(cfg: TrainConfig) -> None:
     problems = []
     if cfg.img_size % 32:
         problems.append(f"--img-size must be a multiple of 32, got {cfg.img_size}")
-    for name in ("batch_size", "max_boxes", "epochs", "log_every"):
+    for name in ("batch_size", "max_boxes", "epochs", "log_every", "eval_batch_size", "keep_checkpoints",
+                 "topk", "shapes_train_images", "shapes_img_size"):
         if getattr(cfg, name) < 1:
             problems.append(f"{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("eval_every", "workers", "warmup_steps", "clip_norm", "weight_decay", "shapes_val_images"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("max_samples", "val_max_samples", "num_classes"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            problems.append(f"{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        problems.append(f"--lr must be > 0, got {cfg.lr}")
+    if cfg.img_size < 32:
+        problems.append(f"--img-size must be >= 32, got {cfg.img_size}")
     if cfg.dtype not in DTYPES:
         problems.append(f"--dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
     if cfg.devices is not None and cfg.devices < 1:
@@ -254,6 +273,29 @@ def _run_name() -> str:
     return f"{int(stamp[0]):08d}-{int(stamp[1]):06d}"
 
 
+def _has_checkpoints(run_dir: Path) -> bool:
+    """Whether ``run_dir/checkpoints`` holds a saved step (Orbax: one folder per step)."""
+    ckpt = run_dir / "checkpoints"
+    return ckpt.is_dir() and any(p.is_dir() and p.name.isdigit() for p in ckpt.iterdir())
+
+
+def _val_image_dir(cfg: TrainConfig) -> Optional[str]:
+    """``--val-image-dir``; else ``--image-dir`` when validation comes from ``--data``, else None
+    (guessed from the ``--val-data`` json's location)."""
+    if cfg.val_image_dir is not None:
+        return cfg.val_image_dir
+    return cfg.image_dir if not cfg.val_data or cfg.val_data == cfg.data else None
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (those of the restored checkpoint)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in kept))
+
+
 def _mean_metrics(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
@@ -271,6 +313,11 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     mesh = parallel.make_mesh(cfg.devices)
     parallel.check_batch_size(cfg.batch_size, mesh)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / _run_name()
+    if resume is None and _has_checkpoints(run_dir):
+        # (Checkpoints are written after every process has passed the setup barrier, so all
+        # processes see the same answer here.)
+        raise ValueError(f"{run_dir} already holds a run with checkpoints: continue it with --resume {run_dir}, "
+                         "or choose another --run-dir")
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_dir = str(run_dir)
@@ -290,10 +337,18 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     if cfg.val_split and cfg.eval_every > 0:
         val_data = build_dataset(cfg.val_data or cfg.data, split=cfg.val_split, num_classes=cfg.num_classes,
                                  img_size=cfg.img_size, letterbox=cfg.letterbox, max_samples=cfg.val_max_samples,
-                                 bbox_format=cfg.bbox_format, image_dir=cfg.image_dir,
+                                 bbox_format=cfg.bbox_format, image_dir=_val_image_dir(cfg),
                                  shapes_num_images=cfg.shapes_val_images, shapes_img_size=cfg.shapes_img_size,
                                  shapes_seed=cfg.seed, skip_empty=False, progress=progress)
-        log(f"validation data: {len(val_data.examples)} images ({cfg.val_split})")
+        log(f"validation data: {len(val_data.examples)} images from {cfg.val_data or cfg.data!r} "
+            f"({cfg.val_split}); {val_data.stats.summary()}")
+        if not val_data.examples:
+            raise ValueError(f"validation data {cfg.val_data or cfg.data!r} ({cfg.val_split}) has no usable "
+                             f"images ({val_data.stats.summary()}); fix it, or disable evaluation with "
+                             "--val-split none")
+    if cfg.class_names is not None and len(cfg.class_names) != cfg.num_classes:
+        raise ValueError(f"{len(cfg.class_names)} class names for {cfg.num_classes} classes "
+                         f"(--num-classes {cfg.num_classes}, the data names {list(cfg.class_names)})")
     loader = BatchLoader(train_data.examples, batch_size=cfg.batch_size, img_size=cfg.img_size,
                          max_boxes=cfg.max_boxes, shuffle=True, seed=cfg.seed, drop_last=True,
                          letterbox=cfg.letterbox, num_workers=cfg.workers, stats=train_data.stats,
@@ -329,7 +384,12 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         start_epoch, history = meta["epoch"], meta.get("history", [])
         log(f"resumed {run_dir} at epoch {start_epoch}, step {int(parallel.to_host(state.step))}")
 
-    metrics_file = (run_dir / "metrics.jsonl").open("a") if primary else None
+    metrics_file = None
+    if primary:
+        metrics_path = run_dir / "metrics.jsonl"
+        if resume is not None:  # drop the rows logged after the restored checkpoint (an interrupted epoch)
+            _truncate_metrics(metrics_path, int(parallel.to_host(state.step)))
+        metrics_file = metrics_path.open("a" if resume is not None else "w")
 
     def write_metrics(row: dict) -> None:
         if metrics_file is not None:
@@ -413,8 +473,11 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         convert.save_safetensors(model, run_dir / "weights.safetensors",
                                  metadata={"config": json.dumps(dataclasses.asdict(cfg))})
     result = dict(run_dir=str(run_dir), history=history, data_summary=train_data.stats.summary(),
+                  val_data_summary=val_data.stats.summary() if val_data is not None else None,
                   train_seconds=time.perf_counter() - t_start)
-    log(f"data: {train_data.stats.summary()}")
+    log(f"training data: {train_data.stats.summary()}")
+    if val_data is not None:
+        log(f"validation data: {val_data.stats.summary()}")
     if history and "mAP" in history[-1]:
         log(f"final validation mAP@[.5:.95] {history[-1]['mAP']:.4f}, AP50 {history[-1]['AP50']:.4f}")
     log(f"done in {result['train_seconds']:.0f}s: weights in {run_dir / 'weights.safetensors'}")
@@ -429,9 +492,14 @@ def main(argv=None) -> int:
         if not cfg_path.exists():
             parser.error(f"--resume: {cfg_path} not found")
         saved = json.loads(cfg_path.read_text())
-        overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                     if getattr(args, f.name, None) is not None and f.name != "preset"}
-        cfg = TrainConfig(**{**saved, **overrides, "run_dir": str(args.resume)})
+        if args.preset is not None and args.preset != saved.get("preset"):
+            parser.error(f"--preset {args.preset} with --resume: the run was started with preset "
+                         f"{saved.get('preset')!r}, and resuming continues its saved configuration "
+                         "(override single options instead)")
+        overrides = _overrides(args)
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        cfg = TrainConfig(**{**{k: v for k, v in saved.items() if k in known}, **overrides,
+                             "run_dir": str(args.resume)})
         if overrides:
             print(f"resume: overriding {sorted(overrides)}", file=sys.stderr)
     else:

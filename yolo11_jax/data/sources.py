@@ -419,11 +419,13 @@ def _is_save_to_disk_dir(path: Union[str, os.PathLike]) -> bool:
     return p.is_dir() and any((p / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
 
 
+_SPLIT_ALIASES = {"validation": ["val", "valid"], "val": ["validation", "valid"], "valid": ["validation", "val"]}
+
+
 def _pick_split(dd: Any, split: str, name: str) -> Any:
     if split in dd:
         return dd[split]
-    aliases = {"validation": ["val", "valid"], "val": ["validation", "valid"], "valid": ["validation", "val"]}
-    for alt in aliases.get(split, []):
+    for alt in _SPLIT_ALIASES.get(split, []):
         if alt in dd:
             return dd[alt]
     raise ValueError(f"{name}: no split {split!r}; available splits: {sorted(dd.keys())}")
@@ -581,6 +583,11 @@ def hf_examples(
 
     def gen() -> Iterator[Example]:
         for i, row in enumerate(ds):
+            missing = [k for k in (image_key, objects_key) if k and k not in row]
+            if missing:  # a schema mismatch, not an image without boxes
+                raise ValueError(f"{name}[{i}]: no column {missing[0]!r}; the rows have {sorted(row)} "
+                                 f"(expected {image_key!r} and {objects_key or (bbox_key, category_key)!r}, "
+                                 "the schema of detection-datasets/coco)")
             image = row.get(image_key)
             path = _image_path_hint(image)
             sid = f"{name}[{i}]" + (f" ({path})" if path else "")
@@ -703,20 +710,40 @@ def coco_json_examples(
 # --------------------------------------------------------------------------- YOLO txt
 
 
+_SPLIT_FOLDERS = ("train", "training", "val", "valid", "validation", "test", "testing")
+
+
 def yolo_dirs(root: Union[str, os.PathLike], split: str = "train") -> tuple[Path, Path]:
     """``(images_dir, labels_dir)`` of an Ultralytics layout.
 
-    Looks for ``root/images/<split>`` + ``root/labels/<split>`` first, then for
-    ``root/images`` + ``root/labels`` without split folders.
+    Looks for ``root/images/<split>`` (or an alias: ``val`` / ``valid`` / ``validation``)
+    with ``root/labels/<same>``, then, for ``split='train'`` only, for ``root/images`` +
+    ``root/labels`` without split folders. Errors, rather than reading all of ``images/``
+    (which would mix the splits): split folders without ``split``, and another split of a
+    layout without split folders. A missing labels folder is an error too (every image
+    would be read as having no boxes).
     """
     root = Path(root)
-    for img_dir, lab_dir in (
-        (root / "images" / split, root / "labels" / split),
-        (root / "images", root / "labels"),
-    ):
-        if img_dir.is_dir():
-            return img_dir, lab_dir
-    raise ValueError(f"{str(root)!r} has no images/{split}/ or images/ folder (Ultralytics YOLO layout expected)")
+    images = root / "images"
+    if not images.is_dir():
+        raise ValueError(f"{str(root)!r} has no images/ folder (Ultralytics YOLO layout expected: "
+                         "images/<split>/*.jpg and labels/<split>/*.txt)")
+    for name in (split, *_SPLIT_ALIASES.get(split, [])):
+        if (images / name).is_dir():
+            img_dir, lab_dir = images / name, root / "labels" / name
+            break
+    else:
+        splits = sorted(p.name for p in images.iterdir() if p.is_dir() and p.name.lower() in _SPLIT_FOLDERS)
+        if splits:
+            raise ValueError(f"{str(root)!r}: no images/{split}/ folder; the split folders are {splits}")
+        if split != "train":
+            raise ValueError(f"{str(root)!r} has no split folders (images/ holds the images directly), so it is "
+                             f"read as the one split 'train', not as {split!r}: give the validation data its "
+                             "own folder (--val-data) or disable evaluation (--val-split none)")
+        img_dir, lab_dir = images, root / "labels"
+    if not lab_dir.is_dir():
+        raise ValueError(f"{str(root)!r}: images in {str(img_dir)!r} but no labels folder {str(lab_dir)!r}")
+    return img_dir, lab_dir
 
 
 def read_yolo_label_file(path: Union[str, os.PathLike]) -> tuple[np.ndarray, np.ndarray]:
