@@ -443,6 +443,12 @@ def test_more_boxes_than_max_boxes_warns_with_count():
         (batch,) = list(loader.epoch(0))
         list(loader.epoch(1))
     np.testing.assert_array_equal(batch["labels"][0], [0, 1, 2])
+    # A second loader sharing the stats adds its own count once; its summary warning
+    # reports its own drops, not the running total.
+    many = [_ex(img, boxes, [0, 1, 2, 3, 4], sid=f"c{i}.png") for i in range(25)]
+    with pytest.warns(UserWarning, match=r"5 more examples .* \(truncated; 50 boxes dropped in total\)"):
+        BatchLoader(many, batch_size=2, img_size=16, max_boxes=3, stats=stats, num_workers=0)
+    assert stats.boxes_truncated_max_boxes == 2 + 50 and stats.examples_truncated_max_boxes == 1 + 25
     np.testing.assert_allclose(batch["boxes_cxcywh"][0], np.asarray(boxes[:3], np.float32))
     assert batch["mask"][0].all() and batch["mask"][1].tolist() == [True, True, False]
 
@@ -663,3 +669,17 @@ def test_hf_wrong_schema_is_an_error_not_empty_images():
     with pytest.raises(ValueError, match=r"dataset\[0\]: no column 'objects'; the rows have \['annotations', 'image'\]"):
         list(hf_examples(ds, skip_empty=False))
     assert len(list(hf_examples(ds, objects_key="annotations", num_classes=1))) == 1
+
+
+def test_loader_rejects_a_bad_start_batch_and_names_a_bad_image():
+    img = np.zeros((16, 16, 3), np.uint8)
+    exs = [_ex(img, [[0.5, 0.5, 0.2, 0.2]], [0], sid=f"e{i}") for i in range(4)]
+    loader = BatchLoader(exs, batch_size=2, img_size=16, max_boxes=2, shuffle=False, num_workers=0)
+    assert len(list(loader.epoch(0, start_batch=1))) == 1 and not list(loader.epoch(0, start_batch=2))
+    for bad in (-1, 3):
+        with pytest.raises(ValueError, match=rf"start_batch must be in 0\.\.2 .* got {bad}"):
+            loader.epoch(0, start_batch=bad)
+    grey = [_ex(np.zeros((16, 16), np.uint8), [[0.5, 0.5, 0.2, 0.2]], [0], sid="grey.png")] * 2
+    threaded = BatchLoader(grey, batch_size=2, img_size=16, max_boxes=2, num_workers=1)
+    with pytest.raises(ValueError, match=r"grey\.png: image of shape \(16, 16\); expected \(H, W, 3\)"):
+        list(threaded.epoch(0))

@@ -149,6 +149,18 @@ def test_state_dict_round_trip_is_exact():
         assert torch.equal(v, original[k]), k
 
 
+def test_bfloat16_state_dict_loads_as_its_float32_values():
+    """A state dict saved in bfloat16 (``ref.bfloat16()``) loads; NumPy has no bfloat16, so
+    each tensor arrives as float32 holding exactly the bfloat16 values."""
+    ref, model = make_pair(base=8, depth=1)
+    sd = ref.bfloat16().state_dict()
+    convert.load_state_dict(model, sd)
+    back = convert.to_state_dict(model)
+    for k, v in sd.items():
+        expected = v.float() if v.is_floating_point() else v
+        assert torch.equal(torch.from_numpy(back[k]).to(expected.dtype), expected), k
+
+
 def test_safetensors_round_trip_is_exact(tmp_path):
     ref, model = make_pair(base=8, depth=1)
     path = tmp_path / "w.safetensors"

@@ -111,9 +111,14 @@ def test_preprocess_matches_the_training_loader(letterbox):
 
 
 def test_collect_image_paths(inputs):
-    paths, problems = collect_image_paths([inputs / "folder", inputs / "wide.jpg", inputs / "missing.png"])
+    paths, problems = collect_image_paths([inputs / "folder", inputs / "wide.jpg", inputs / "missing.png",
+                                           inputs / "folder" / ".." / "wide.jpg"])
     assert [p.name for p in paths] == ["a_tall.bmp", "b_square.png", "c_corrupt.jpg", "wide.jpg"]
-    assert len(problems) == 1 and "missing.png" in problems[0]
+    # every input left out is reported, one message each: the non-image file in the folder,
+    # the missing path, the same image given twice
+    assert len(problems) == 3
+    assert "notes.txt: not taken" in problems[0] and "missing.png: no such file" in problems[1]
+    assert "wide.jpg: given more than once, taken once" in problems[2]
 
 
 def test_class_colours_are_distinct_and_drawing_keeps_the_size():
@@ -145,7 +150,8 @@ def test_cli_outputs(run_dir, inputs, tmp_path, capsys):
     # the corrupt file is skipped with a warning naming it, and counted
     assert "c_corrupt.jpg" in captured.err and "warning" in captured.err.lower()
     summary = [line for line in captured.out.splitlines() if "images," in line]
-    assert summary and summary[-1].startswith("3 images,") and summary[-1].endswith("1 skipped")
+    assert summary and summary[-1].startswith("3 images,") and summary[-1].endswith("2 skipped")
+    assert "notes.txt: not taken" in captured.err
 
     originals = {"wide": (120, 50), "b_square": (64, 64), "a_tall": (40, 90)}
     for stem, size in originals.items():
@@ -172,7 +178,7 @@ def test_cli_outputs(run_dir, inputs, tmp_path, capsys):
             assert 0.0 <= x1 <= x2 <= r["width"] and 0.0 <= y1 <= y2 <= r["height"]
             assert 0 <= d["class_id"] < 4 and d["class_name"] == SHAPES_CLASS_NAMES[d["class_id"]]
             assert 0.0 <= d["score"] <= 1.0
-    assert summary[-1] == f"3 images, {total} detections, 1 skipped"
+    assert summary[-1] == f"3 images, {total} detections, 2 skipped"
 
 
 def test_cli_weights_letterbox_and_mapping(run_dir, tmp_path, capsys):
@@ -223,3 +229,37 @@ def test_help_subprocess():
     for opt in ("--run", "--weights", "--model", "--num-classes", "--img-size", "--out", "--conf-threshold",
                 "--iou-threshold", "--max-det", "--batch-size", "--letterbox", "--no-letterbox"):
         assert opt in proc.stdout, opt
+
+
+def test_cli_refuses_to_overwrite_inputs_and_reports_bad_options(run_dir, inputs, tmp_path, capsys):
+    """Mistakes end with a one-line message and status 2, before anything is written."""
+    folder = inputs / "folder"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    bad_runs = [
+        (["--out", str(folder)], "holds input images"),
+        (["--out", str(tmp_path / "o"), "--img-size", "100"], "--img-size must be a multiple of 32, got 100"),
+        (["--out", str(tmp_path / "o"), "--img-size", "-64"], "--img-size must be >= 1, got -64"),
+        (["--out", str(tmp_path / "o"), "--class-names", "x,y"], "--class-names gives 2 names for 4 classes"),
+    ]
+    for extra, msg in bad_runs:
+        with pytest.raises(SystemExit) as e:
+            main(["--run", str(run_dir), str(folder), *extra])
+        assert e.value.code == 2 and msg in capsys.readouterr().err, msg
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not (tmp_path / "o").exists()
+
+    # weights that do not fit the model: an error line naming the file and the options to check
+    rc = main(["--weights", str(run_dir / "weights.safetensors"), "--model", "tiny", "--num-classes", "3",
+               str(inputs / "wide.jpg"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: cannot load") and "--num-classes" in err and "Traceback" not in err
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a safetensors file")
+    rc = main(["--weights", str(corrupt), "--model", "tiny", "--num-classes", "4", str(inputs / "wide.jpg"),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "corrupt.safetensors" in capsys.readouterr().err
+    # an output path that is a file
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        main(["--run", str(run_dir), str(inputs / "wide.jpg"), "--out", str(tmp_path / "file")])
+    assert "exists and is not a directory" in capsys.readouterr().err

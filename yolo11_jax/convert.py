@@ -52,11 +52,17 @@ _LEAF_RULES: list[tuple[str, str, str, Callable, Callable]] = [
 _ATTN_PARTS = ("query", "key", "value")
 
 
+_NUMPY_FLOATS = ("float16", "float32", "float64")
+
+
 def _to_numpy(x: Any) -> np.ndarray:
     """A private copy: ``jnp.asarray`` may alias host memory on the CPU, and torch
     updates BatchNorm buffers in place, so sharing memory would couple the two models."""
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.is_floating_point() and str(x.dtype).removeprefix("torch.") not in _NUMPY_FLOATS:  # bfloat16
+            x = x.float()
+        x = x.numpy()
     return np.array(x, copy=True)
 
 

@@ -145,7 +145,10 @@ def main(argv=None) -> int:
         cfg_path = args.run / "config.json"
         if not cfg_path.exists():
             ap.error(f"{cfg_path} not found: is {args.run} a training run directory?")
-        cfg = json.loads(cfg_path.read_text())
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except ValueError as e:
+            ap.error(f"{cfg_path} is not valid JSON: {e}")
         weights = args.run / "weights.safetensors"
         if not weights.exists():
             ap.error(f"{weights} not found: the run has not finished (no final export)")

@@ -12,7 +12,7 @@ mesh of size one.
 Multi-host: every process runs the same program. :func:`initialize_distributed` calls
 ``jax.distributed.initialize``; ``jax.devices()`` then lists the devices of all processes
 and the mesh spans them. Each process prepares only its rows of every global batch
-(``BatchLoader(process_index=, process_count=)``), and :func:`global_batch` assembles the
+(``BatchLoader(rows=process_rows(batch_size))``), and :func:`global_batch` assembles the
 global array from the process-local rows with ``jax.make_array_from_process_local_data``.
 """
 

@@ -18,8 +18,11 @@ original image's pixel coordinates, sorted by decreasing score::
 Images are prepared as in training: converted to RGB, resized to the network size
 (plain resize or letterbox, as the run was trained) and scaled to ``[0, 1]``. The
 network and NMS run in fixed-size batches (the last one padded by repeating its
-last image), so the program compiles once. Unreadable images are reported and
-skipped; the exit status is 2 only when no image could be read.
+last image), so the program compiles once. Unreadable images, files in a directory
+that are not images and repeated inputs are reported and counted as skipped; the exit
+status is 2 when no image could be read, and for mistakes that stop the program before
+it writes anything (an output folder that holds input images, weights that do not fit
+``--model`` / ``--num-classes``, an ``--img-size`` not a multiple of 32, ...).
 
 Library: :func:`preprocess_image`, :func:`boxes_to_original`,
 :func:`detect_images`, :func:`draw_detections`, :func:`collect_image_paths`.
@@ -52,22 +55,37 @@ def collect_image_paths(inputs: Iterable[str | Path]) -> tuple[list[Path], list[
 
     A directory contributes every file directly inside it whose name ends in one of
     :data:`IMAGE_EXTENSIONS` (case-insensitive), sorted by name; a file is taken as
-    given, whatever its ending. Returns ``(paths, problems)``: ``problems`` are
-    messages for inputs that do not exist or directories without images.
+    given, whatever its ending. An image given twice (the same file, however named) is
+    taken once.
+
+    Returns ``(paths, problems)``: ``problems`` holds one message per input left out: a
+    path that does not exist, a directory without images, a file in a directory whose
+    ending is not an image's, a repeated image.
     """
     paths: list[Path] = []
     problems: list[str] = []
+    seen: set[Path] = set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(f for f in p.iterdir() if f.is_file())
+            found = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
             if not found:
                 problems.append(f"{p}: directory has no {'/'.join(IMAGE_EXTENSIONS)} images")
-            paths.extend(found)
+            problems += [f"{f}: not taken (its ending is not one of {'/'.join(IMAGE_EXTENSIONS)})"
+                         for f in files if f.suffix.lower() not in IMAGE_EXTENSIONS]
         elif p.exists():
-            paths.append(p)
+            found = [p]
         else:
             problems.append(f"{p}: no such file or directory")
+            continue
+        for f in found:
+            key = f.resolve()
+            if key in seen:
+                problems.append(f"{f}: given more than once, taken once")
+            else:
+                seen.add(key)
+                paths.append(f)
     return paths, problems
 
 
@@ -291,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images", nargs="+", metavar="IMAGES",
                     help="image files and/or directories (a directory contributes its "
-                         f"{', '.join(IMAGE_EXTENSIONS)} files, sorted)")
+                         f"{', '.join(IMAGE_EXTENSIONS)} files, sorted; its other files, and an image "
+                         "given twice, are reported and counted as skipped)")
     ap.add_argument("--out", type=Path, required=True,
                     help="output directory for the annotated <stem>.png images and detections.json")
     src = ap.add_mutually_exclusive_group(required=True)
@@ -330,15 +349,22 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    if args.batch_size < 1 or args.max_det < 1:
-        ap.error("--batch-size and --max-det must be >= 1")
+    for name in ("batch_size", "max_det", "img_size", "num_classes"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.img_size is not None and args.img_size % 32:
+        ap.error(f"--img-size must be a multiple of 32, got {args.img_size}")
 
     cfg: dict = {}
     if args.run is not None:
         cfg_path = args.run / "config.json"
         if not cfg_path.exists():
             ap.error(f"{cfg_path} not found: is {args.run} a training run directory?")
-        cfg = json.loads(cfg_path.read_text())
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except ValueError as e:
+            ap.error(f"{cfg_path} is not valid JSON: {e}")
         weights = args.run / "weights.safetensors"
         if not weights.exists():
             ap.error(f"{weights} not found: the run has not finished (no final export)")
@@ -355,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not num_classes:
         ap.error("cannot tell the number of classes: pass --num-classes")
     names = [s.strip() for s in args.class_names.split(",")] if args.class_names else cfg.get("class_names")
+    if args.class_names and len(names) != num_classes:
+        ap.error(f"--class-names gives {len(names)} names for {num_classes} classes")
     class_names = class_name_list(num_classes, names)
 
     paths, problems = collect_image_paths(args.images)
@@ -365,6 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"0 images, 0 detections, {skipped} skipped")
         print("error: no image could be read (no input images found)", file=sys.stderr)
         return 2
+    out_dir = args.out.resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        ap.error(f"--out {args.out} exists and is not a directory")
+    if any(p.resolve().parent == out_dir for p in paths):
+        ap.error(f"--out {args.out} holds input images: the annotated copies would replace them "
+                 "(choose another output folder)")
 
     from flax import nnx
 
@@ -373,11 +407,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from yolo11_jax.presets import build_model
 
     model = build_model(model_name, num_classes=num_classes, rngs=nnx.Rngs(0))
-    convert.load_safetensors(weights, model)
+    try:
+        convert.load_safetensors(weights, model)
+    except Exception as e:  # noqa: BLE001 - a corrupt file, or weights of another model / class count
+        print(f"error: cannot load {weights} into the {model_name!r} model with {num_classes} classes "
+              f"(check --model and --num-classes): {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     graphdef = eval_graphdef(model)
     states = (nnx.state(model),)
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot create the output folder {args.out}: {e}", file=sys.stderr)
+        return 2
     out_names = dict(zip(paths, _output_names(paths)))
     batch_size = min(args.batch_size, len(paths))  # one compiled shape for every batch
 
@@ -392,20 +435,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: list[dict] = []
     num_dets = 0
-    for chunk in _batches(readable(), batch_size):
-        dets = detect_batch(graphdef, states, [preprocess_image(im, img_size, letterbox) for _, im in chunk],
-                            batch_size=batch_size, img_size=img_size, conf_threshold=args.conf_threshold,
-                            iou_threshold=args.iou_threshold, max_det=args.max_det)
-        for (path, img), det in zip(chunk, dets):
-            records = detections_to_records(det, img.width, img.height, img_size=img_size,
-                                            letterbox=letterbox, class_names=class_names)
-            out_path = args.out / out_names[path]
-            draw_detections(img, records).save(out_path)
-            results.append({"image": str(path), "output": str(out_path), "width": img.width,
-                            "height": img.height, "detections": records})
-            num_dets += len(records)
-
-    (args.out / "detections.json").write_text(json.dumps(results, indent=1))
+    try:
+        for chunk in _batches(readable(), batch_size):
+            dets = detect_batch(graphdef, states, [preprocess_image(im, img_size, letterbox) for _, im in chunk],
+                                batch_size=batch_size, img_size=img_size, conf_threshold=args.conf_threshold,
+                                iou_threshold=args.iou_threshold, max_det=args.max_det)
+            for (path, img), det in zip(chunk, dets):
+                records = detections_to_records(det, img.width, img.height, img_size=img_size,
+                                                letterbox=letterbox, class_names=class_names)
+                out_path = args.out / out_names[path]
+                draw_detections(img, records).save(out_path)
+                results.append({"image": str(path), "output": str(out_path), "width": img.width,
+                                "height": img.height, "detections": records})
+                num_dets += len(records)
+        (args.out / "detections.json").write_text(json.dumps(results, indent=1))
+    except OSError as e:  # the output folder cannot be written
+        print(f"error: cannot write the outputs to {args.out}: {e}", file=sys.stderr)
+        return 2
     print(f"{len(results)} images, {num_dets} detections, {skipped} skipped")
     if not results:
         print(f"error: no image could be read ({skipped} skipped)", file=sys.stderr)

@@ -68,8 +68,11 @@ class BatchLoader:
         the notebook's plain resize. Use the same setting as any pre-resize.
       num_workers: threads preparing batches (PIL and NumPy release the GIL);
         0 prepares them synchronously in the consumer's thread.
-      prefetch: batches prepared ahead of the consumer (bounded queue).
-      stats: :class:`DataStats` to count truncated boxes into (``self.stats``).
+      prefetch: batches prepared ahead of the consumer (bounded queue); with worker
+        threads at least ``max(1, num_workers)``, so that every worker has a batch.
+      stats: :class:`DataStats` to add this loader's truncation counts to (``self.stats``;
+        a fresh one by default). Counts add up: two loaders sharing one ``stats`` (say,
+        over the same examples) count the same truncations twice.
       rows: prepare only these rows of every batch (a ``slice`` of ``range(batch_size)``),
         e.g. ``parallel.process_rows(batch_size)`` for this process's share of a global batch
         in multi-process training. The order and the batches are those of the whole loader;
@@ -124,13 +127,13 @@ class BatchLoader:
         """Warn (once per example) and count examples with more than ``max_boxes`` boxes."""
         n_warned = 0
         n_over = 0
+        n_dropped = 0
         for ex in self.examples:
             n = ex.num_boxes
             if n <= self.max_boxes:
                 continue
             n_over += 1
-            self.stats.examples_truncated_max_boxes += 1
-            self.stats.boxes_truncated_max_boxes += n - self.max_boxes
+            n_dropped += n - self.max_boxes
             if n_warned < _MAX_TRUNCATION_WARNINGS:
                 n_warned += 1
                 warnings.warn(
@@ -141,9 +144,11 @@ class BatchLoader:
         if n_over > n_warned:
             warnings.warn(
                 f"{n_over - n_warned} more examples have more than max_boxes={self.max_boxes} boxes"
-                f" (truncated; {self.stats.boxes_truncated_max_boxes} boxes dropped in total)",
+                f" (truncated; {n_dropped} boxes dropped in total)",
                 stacklevel=3,
             )
+        self.stats.examples_truncated_max_boxes += n_over
+        self.stats.boxes_truncated_max_boxes += n_dropped
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -183,6 +188,8 @@ class BatchLoader:
         mask = np.zeros((b, m), bool)
         for row, i in enumerate(indices):
             ex = self.examples[int(i)]
+            if ex.image.ndim != 3 or ex.image.shape[2] != 3:
+                raise ValueError(f"{ex.source_id}: image of shape {ex.image.shape}; expected (H, W, 3) RGB")
             img_u8, bx = self._prepare(ex)
             np.divide(img_u8, np.float32(255.0), out=images[row], dtype=np.float32)
             k = min(ex.num_boxes, m)
@@ -206,8 +213,11 @@ class BatchLoader:
 
         Args:
           epoch: epoch number; selects the permutation.
-          start_batch: skip the first batches (without preparing them), to resume.
+          start_batch: skip the first batches (without preparing them), to resume;
+            ``0 <= start_batch <= len(self)``.
         """
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in 0..{len(self)} (batches per epoch), got {start_batch}")
         all_idx = self.batch_indices(epoch)
         n = len(self.examples)
         jobs = []
