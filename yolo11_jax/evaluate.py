@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from yolo11_jax import convert
     from yolo11_jax.data import build_dataset
-    from yolo11_jax.predict import _num_classes_from_weights, _weights_metadata_config
+    from yolo11_jax.predict import _num_classes_from_weights, run_config_and_weights
     from yolo11_jax.presets import build_model
 
     ap = build_parser()
@@ -141,22 +141,7 @@ def main(argv=None) -> int:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
     # Every path is checked before the data is loaded.
-    if args.run:
-        cfg_path = args.run / "config.json"
-        if not cfg_path.exists():
-            ap.error(f"{cfg_path} not found: is {args.run} a training run directory?")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except ValueError as e:
-            ap.error(f"{cfg_path} is not valid JSON: {e}")
-        weights = args.run / "weights.safetensors"
-        if not weights.exists():
-            ap.error(f"{weights} not found: the run has not finished (no final export)")
-    else:
-        weights = args.weights
-        if not weights.exists():
-            ap.error(f"{weights} not found")
-        cfg = _weights_metadata_config(weights)  # the training config train.py stores, or {}
+    cfg, weights = run_config_and_weights(ap, args.run, args.weights)
     model_name = args.model or cfg.get("model") or "small"
     img_size = args.img_size or cfg.get("img_size") or 640
     letterbox = bool(cfg.get("letterbox", False)) if args.letterbox is None else args.letterbox

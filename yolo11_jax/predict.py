@@ -276,6 +276,28 @@ def _weights_metadata_config(path: Path) -> dict:
         return {}
 
 
+def run_config_and_weights(ap: argparse.ArgumentParser, run: Path | None,
+                           weights: Path | None) -> tuple[dict, Path]:
+    """``(training config, weights file)`` of ``--run DIR`` (its config.json and
+    weights.safetensors) or of ``--weights FILE`` (the config in its metadata, or {}).
+    Exits through ``ap.error`` (status 2) on a missing or unreadable file."""
+    if run is not None:
+        cfg_path = run / "config.json"
+        if not cfg_path.exists():
+            ap.error(f"{cfg_path} not found: is {run} a training run directory?")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except ValueError as e:
+            ap.error(f"{cfg_path} is not valid JSON: {e}")
+        weights = run / "weights.safetensors"
+        if not weights.exists():
+            ap.error(f"{weights} not found: the run has not finished (no final export)")
+        return cfg, weights
+    if not weights.exists():
+        ap.error(f"{weights} not found")
+    return _weights_metadata_config(weights), weights
+
+
 def _num_classes_from_weights(path: Path) -> int | None:
     try:
         from safetensors import safe_open
@@ -356,23 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.img_size is not None and args.img_size % 32:
         ap.error(f"--img-size must be a multiple of 32, got {args.img_size}")
 
-    cfg: dict = {}
-    if args.run is not None:
-        cfg_path = args.run / "config.json"
-        if not cfg_path.exists():
-            ap.error(f"{cfg_path} not found: is {args.run} a training run directory?")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except ValueError as e:
-            ap.error(f"{cfg_path} is not valid JSON: {e}")
-        weights = args.run / "weights.safetensors"
-        if not weights.exists():
-            ap.error(f"{weights} not found: the run has not finished (no final export)")
-    else:
-        weights = args.weights
-        if not weights.exists():
-            ap.error(f"{weights} not found")
-        cfg = _weights_metadata_config(weights)
+    cfg, weights = run_config_and_weights(ap, args.run, args.weights)
 
     model_name = args.model or cfg.get("model") or "small"
     img_size = args.img_size or cfg.get("img_size") or 640
