@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -446,8 +447,10 @@ def test_more_boxes_than_max_boxes_warns_with_count():
     # A second loader sharing the stats adds its own count once; its summary warning
     # reports its own drops, not the running total.
     many = [_ex(img, boxes, [0, 1, 2, 3, 4], sid=f"c{i}.png") for i in range(25)]
-    with pytest.warns(UserWarning, match=r"5 more examples .* \(truncated; 50 boxes dropped in total\)"):
+    with pytest.warns(UserWarning) as rec:
         BatchLoader(many, batch_size=2, img_size=16, max_boxes=3, stats=stats, num_workers=0)
+    assert len(rec) == 21  # 20 named examples, then one summary
+    assert re.search(r"5 more examples .* \(truncated; 50 boxes dropped in total\)", str(rec[-1].message))
     assert stats.boxes_truncated_max_boxes == 2 + 50 and stats.examples_truncated_max_boxes == 1 + 25
     np.testing.assert_allclose(batch["boxes_cxcywh"][0], np.asarray(boxes[:3], np.float32))
     assert batch["mask"][0].all() and batch["mask"][1].tolist() == [True, True, False]
