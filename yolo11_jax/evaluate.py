@@ -95,6 +95,7 @@ def _json_safe(x):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from yolo11_jax.data import BBOX_FORMATS
     from yolo11_jax.presets import PRESETS
 
     ap = argparse.ArgumentParser(prog="python -m yolo11_jax.evaluate", description=__doc__,
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", help="data spec as for training (default: the run's validation data)")
     ap.add_argument("--split", default=None, help="split to evaluate (default: the run's validation split)")
     ap.add_argument("--image-dir", help="image folder for a COCO .json annotation file (default: the run's)")
-    ap.add_argument("--bbox-format", choices=("xywh", "xyxy", "cxcywh_norm"),
+    ap.add_argument("--bbox-format", choices=BBOX_FORMATS,
                     help="bbox convention of Hugging Face data (default: the run's, else the data's own)")
     ap.add_argument("--img-size", type=int, help="input size in pixels (default: the run's, else 640)")
     ap.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
@@ -130,15 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from yolo11_jax import convert
     from yolo11_jax.data import build_dataset
-    from yolo11_jax.predict import _num_classes_from_weights, run_config_and_weights
+    from yolo11_jax.predict import _num_classes_from_weights, check_sizes, run_config_and_weights
     from yolo11_jax.presets import build_model
 
     ap = build_parser()
     args = ap.parse_args(argv)
-    for name in ("batch_size", "max_det", "img_size", "max_samples", "num_classes"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    check_sizes(ap, args, ("batch_size", "max_det", "img_size", "max_samples", "num_classes"))
 
     # Every path is checked before the data is loaded.
     cfg, weights = run_config_and_weights(ap, args.run, args.weights)

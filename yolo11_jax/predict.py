@@ -276,6 +276,17 @@ def _weights_metadata_config(path: Path) -> dict:
         return {}
 
 
+def check_sizes(ap: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[str]) -> None:
+    """``ap.error`` (status 2) unless each option in ``names`` that was given is >= 1, and
+    ``--img-size`` (if among them) a multiple of 32."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if "img_size" in names and args.img_size is not None and args.img_size % 32:
+        ap.error(f"--img-size must be a multiple of 32, got {args.img_size}")
+
+
 def run_config_and_weights(ap: argparse.ArgumentParser, run: Path | None,
                            weights: Path | None) -> tuple[dict, Path]:
     """``(training config, weights file)`` of ``--run DIR`` (its config.json and
@@ -371,13 +382,7 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    for name in ("batch_size", "max_det", "img_size", "num_classes"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.img_size is not None and args.img_size % 32:
-        ap.error(f"--img-size must be a multiple of 32, got {args.img_size}")
-
+    check_sizes(ap, args, ("batch_size", "max_det", "img_size", "num_classes"))
     cfg, weights = run_config_and_weights(ap, args.run, args.weights)
 
     model_name = args.model or cfg.get("model") or "small"

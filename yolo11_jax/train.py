@@ -334,16 +334,17 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     log(f"train data: {len(train_data.examples)} images from {cfg.data!r} ({cfg.split}); "
         f"{train_data.stats.summary()}")
     val_data = None
+    val_spec = cfg.val_data or cfg.data
     if cfg.val_split and cfg.eval_every > 0:
-        val_data = build_dataset(cfg.val_data or cfg.data, split=cfg.val_split, num_classes=cfg.num_classes,
+        val_data = build_dataset(val_spec, split=cfg.val_split, num_classes=cfg.num_classes,
                                  img_size=cfg.img_size, letterbox=cfg.letterbox, max_samples=cfg.val_max_samples,
                                  bbox_format=cfg.bbox_format, image_dir=_val_image_dir(cfg),
                                  shapes_num_images=cfg.shapes_val_images, shapes_img_size=cfg.shapes_img_size,
                                  shapes_seed=cfg.seed, skip_empty=False, progress=progress)
-        log(f"validation data: {len(val_data.examples)} images from {cfg.val_data or cfg.data!r} "
+        log(f"validation data: {len(val_data.examples)} images from {val_spec!r} "
             f"({cfg.val_split}); {val_data.stats.summary()}")
         if not val_data.examples:
-            raise ValueError(f"validation data {cfg.val_data or cfg.data!r} ({cfg.val_split}) has no usable "
+            raise ValueError(f"validation data {val_spec!r} ({cfg.val_split}) has no usable "
                              f"images ({val_data.stats.summary()}); fix it, or disable evaluation with "
                              "--val-split none")
     if cfg.class_names is not None and len(cfg.class_names) != cfg.num_classes:
@@ -382,13 +383,14 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     if resume is not None:
         state, meta = restore_checkpoint(mngr, state)
         start_epoch, history = meta["epoch"], meta.get("history", [])
-        log(f"resumed {run_dir} at epoch {start_epoch}, step {int(parallel.to_host(state.step))}")
+        restored_step = int(parallel.to_host(state.step))
+        log(f"resumed {run_dir} at epoch {start_epoch}, step {restored_step}")
 
     metrics_file = None
     if primary:
         metrics_path = run_dir / "metrics.jsonl"
         if resume is not None:  # drop the rows logged after the restored checkpoint (an interrupted epoch)
-            _truncate_metrics(metrics_path, int(parallel.to_host(state.step)))
+            _truncate_metrics(metrics_path, restored_step)
         metrics_file = metrics_path.open("a" if resume is not None else "w")
 
     def write_metrics(row: dict) -> None:
