@@ -11,7 +11,11 @@ separately (an ahead-of-time ``lower().compile()``) and excluded from the per-ca
 each JAX call is waited for before the next (a batch's latency, as the reference's). The two
 sides are timed in alternating rounds of about equal length (this machine's speed drifts by
 tens of percent within minutes); each round gives a ratio, and the median round is printed
-with the spread.
+with the spread. Each side's round starts with ``--warmup-s`` seconds of untimed calls: on the
+2-core VM, JAX's two-thread calls right after the reference's mostly one-core batch are slow
+for ~200 ms (after a 140 ms pause, ~10 ms per call falling to ~7.5 ms over 30 calls; after a
+10 ms pause, no slow-down), while the reference's batches right after JAX's round are not
+(benchmarks/RESULTS.md, seventh session). ``--warmup-s 0`` times the rounds cold.
 
 ``--malloc-tuning`` sets glibc's mmap and trim thresholds with ``mallopt`` at start-up, for
 both sides alike: by default glibc hands every freed block over 32 MiB back to the kernel,
@@ -78,6 +82,9 @@ def main():
                     help="JAX calls per round (reference: a twentieth as many batches, at least 1; "
                          "about as long as the JAX calls, so that both sides of a round meet the "
                          "same machine speed)")
+    ap.add_argument("--warmup-s", type=float, default=0.3,
+                    help="seconds of untimed calls of each side at the start of each of its rounds "
+                         "(at least one call; 0: none)")
     ap.add_argument("--malloc-tuning", action="store_true",
                     help="keep freed memory in the process (glibc mallopt), for both sides")
     args = ap.parse_args()
@@ -115,14 +122,27 @@ def main():
             torch.cuda.synchronize()
 
     ref_batch()  # warm-up (allocator, CUDA context)
+
+    def warm_up(batch):
+        """Untimed calls for ``--warmup-s`` seconds (at least one, unless 0)."""
+        if args.warmup_s <= 0:
+            return
+        t0 = time.perf_counter()
+        while True:
+            batch()
+            if time.perf_counter() - t0 >= args.warmup_s:
+                return
+
     jax_times, ref_times = [], []
     for _ in range(args.rounds):
+        warm_up(lambda: jax.block_until_ready(jax_batch()))
         t0 = time.perf_counter()
         for _ in range(args.repeats):
             # One batch at a time, as the reference's loop: without waiting, up to `repeats`
             # calls are queued, each with its own 43 MB soft-score output alive.
             jax.block_until_ready(jax_batch())
         jax_times.append((time.perf_counter() - t0) / args.repeats)
+        warm_up(ref_batch)
         t0 = time.perf_counter()
         for _ in range(ref_repeats):
             ref_batch()
