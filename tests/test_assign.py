@@ -210,6 +210,55 @@ def test_a_chunk_maximum_shared_by_two_anchors(topk):
         assert fg == sorted(expected), method
 
 
+@pytest.mark.parametrize("img_size, counts", [(128, (3, 0, 7, 1)), (640, (32, 5, 0, 17))])
+def test_scores_per_anchor(img_size, counts):
+    """``scores_per_anchor=True`` (what the loss uses) gives the same assignment, and the
+    soft targets as one value per anchor: its one-hot product equals the (B, A, C) scores bit
+    for bit."""
+    batch = make_batch(35, img_size=img_size, num_classes=80 if img_size == 640 else 6,
+                       counts=counts, max_boxes=max(counts))
+    anchors, _, pred_scores, pred_bboxes, gt_labels, gt_bboxes, gt_mask = batch
+    args = (pred_scores, pred_bboxes, anchors, gt_labels, gt_bboxes, gt_mask)
+    chunk = row_chunk_size(feature_sizes((img_size, img_size)))
+    for method in METHODS:
+        full = [np.asarray(x) for x in task_aligned_assign(*args, method=method, chunk_size=chunk)]
+        per_anchor = [np.asarray(x) for x in task_aligned_assign(
+            *args, method=method, chunk_size=chunk, scores_per_anchor=True)]
+        for i in (0, 1, 3):
+            np.testing.assert_array_equal(per_anchor[i], full[i], err_msg=method)
+        labels, value = per_anchor[0], per_anchor[2]
+        assert value.shape == labels.shape and (value[labels < 0] == 0).all()
+        one_hot = np.eye(pred_scores.shape[-1], dtype=np.float32)[np.maximum(labels, 0)]
+        np.testing.assert_array_equal(one_hot * value[..., None], full[2], err_msg=method)
+        assert (value > 0).sum() > 10
+
+
+def test_per_axis_indexing_of_large_arrays(monkeypatch):
+    """Arrays of 2**31 elements or more are indexed per axis instead of by flat int32 offsets
+    (a score gather, the soft-score scatter). Forced here on a small batch by lowering the
+    limit: same results as the reference and, bit for bit, as the flat path."""
+    import jax
+
+    from yolo11_jax import assign
+
+    batch = make_batch(34, counts=(5, 0, 8), max_boxes=8)
+    anchors, strides, pred_scores, pred_bboxes, gt_labels, gt_bboxes, gt_mask = batch
+    want = reference_assign(*batch)
+    raw = assign.task_aligned_assign.__wrapped__
+    static = ("topk", "alpha", "beta", "eps", "chunk_size", "method")
+    for method in METHODS:
+        args = (pred_scores, pred_bboxes, anchors, gt_labels, gt_bboxes, gt_mask)
+        flat = [np.asarray(x) for x in jax.jit(raw, static_argnames=static)(*args, method=method)]
+        with monkeypatch.context() as patch:
+            patch.setattr(assign, "_FLAT_INDEX_LIMIT", 0)
+            per_axis = [np.asarray(x) for x in jax.jit(raw, static_argnames=static)(*args, method=method)]
+        for x, y in zip(flat, per_axis):
+            np.testing.assert_array_equal(x, y, err_msg=method)
+        np.testing.assert_array_equal(per_axis[0], want[0], err_msg=method)
+        np.testing.assert_allclose(per_axis[2], want[2], rtol=0, atol=1e-5, err_msg=method)
+    assert (want[0] >= 0).sum() > 10
+
+
 def test_unknown_method_is_an_error():
     anchors, _, *rest = make_batch(33)
     with pytest.raises(ValueError, match="unknown assignment method 'fast'"):

@@ -131,9 +131,13 @@ def detection_loss(
     gt_mask = gt_mask.astype(bool)
     gt_xyxy = cxcywh_to_xyxy_pixels(gt_boxes.astype(dtype), img_hw)            # (B, M, 4) px
 
-    _, target_bboxes, target_scores, fg = task_aligned_assign(
+    target_labels, target_bboxes, target_weight, fg = task_aligned_assign(
         jax.nn.sigmoid(cls_logits), pred_bboxes, anchors, gt_labels, gt_xyxy, gt_mask,
-        topk=topk, alpha=alpha, beta=beta, eps=eps, chunk_size=row_chunk_size(feat_sizes))
+        topk=topk, alpha=alpha, beta=beta, eps=eps, chunk_size=row_chunk_size(feat_sizes),
+        scores_per_anchor=True)
+    # The soft targets as a one-hot product, which XLA fuses into the BCE below.
+    target_scores = (jax.nn.one_hot(jnp.maximum(target_labels, 0), cls_logits.shape[-1], dtype=dtype)
+                     * target_weight[:, :, None])                               # (B, A, C)
     num_pos = jnp.sum(fg, dtype=jnp.int32)
     denom = jnp.maximum(num_pos, 1).astype(dtype)
 
