@@ -115,6 +115,18 @@ def test_assigner_options_match_reference(kw):
     check_equal(make_batch(20), **kw)
 
 
+def test_few_chunks_take_one_top_k_over_all_anchors():
+    """With at most 2k chunks (here 84 anchors at 64 px, chunks of 1, k = 50) the two-pass
+    search is skipped for one ``top_k`` over all anchors."""
+    from yolo11_jax.assign import _chunk_size
+
+    batch = make_batch(36, img_size=64, counts=(1, 0, 4, 1), max_boxes=5)
+    batch[5][0, 0] = [1.0, 1.0, 63.0, 63.0]  # holds ~70 anchors: more than k have positive alignment
+    assert -(-len(batch[0]) // _chunk_size(len(batch[0]), 50)) <= 2 * 50  # the path under test
+    labels = check_equal(batch, topk=50)
+    assert (labels[0] >= 0).sum() == 50
+
+
 def test_notebook_size_batch_matches_reference():
     """640 px (8400 anchors), 80 classes, up to 32 boxes per image, with the chunk hint the
     loss passes (rows of 20 anchors) and without it (chunks of 25 that straddle rows)."""
