@@ -256,14 +256,16 @@ def test_per_axis_indexing_of_large_arrays(monkeypatch):
     batch = make_batch(34, counts=(5, 0, 8), max_boxes=8)
     anchors, strides, pred_scores, pred_bboxes, gt_labels, gt_bboxes, gt_mask = batch
     want = reference_assign(*batch)
-    raw = assign.task_aligned_assign.__wrapped__
-    static = ("topk", "alpha", "beta", "eps", "chunk_size", "method")
+    raw = assign.task_aligned_assign.__wrapped__  # traced afresh by each jax.jit below
+    args = (pred_scores, pred_bboxes, anchors, gt_labels, gt_bboxes, gt_mask)
     for method in METHODS:
-        args = (pred_scores, pred_bboxes, anchors, gt_labels, gt_bboxes, gt_mask)
-        flat = [np.asarray(x) for x in jax.jit(raw, static_argnames=static)(*args, method=method)]
+        def run():
+            return [np.asarray(x) for x in jax.jit(lambda *xs: raw(*xs, method=method))(*args)]
+
+        flat = run()
         with monkeypatch.context() as patch:
             patch.setattr(assign, "_FLAT_INDEX_LIMIT", 0)
-            per_axis = [np.asarray(x) for x in jax.jit(raw, static_argnames=static)(*args, method=method)]
+            per_axis = run()
         for x, y in zip(flat, per_axis):
             np.testing.assert_array_equal(x, y, err_msg=method)
         np.testing.assert_array_equal(per_axis[0], want[0], err_msg=method)

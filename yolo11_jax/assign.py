@@ -308,11 +308,15 @@ def task_aligned_assign(
             slot_c = (slot_word // n_words) % n_chunks
             slot_m = jnp.minimum((slot_word % n_words) * 32 + slot_bit, m - 1)
 
+            def block_slots(at):
+                """Image, chunk and box of the slots ``at:at + _SPARSE_BLOCK``."""
+                return (jax.lax.dynamic_slice(x, (at,), (_SPARSE_BLOCK,)) for x in (slot_b, slot_c, slot_m))
+
             def strided_scores(at):
                 """The class scores of the slots ``at:at + _SPARSE_BLOCK`` at all their chunk's
                 anchors, ``(T, chunk)``: per slot a strided slice (reading them all, in a run
                 the prefetcher follows, costs less than gathering only those inside the box)."""
-                bi, ci, mi = (jax.lax.dynamic_slice(x, (at,), (_SPARSE_BLOCK,)) for x in (slot_b, slot_c, slot_m))
+                bi, ci, mi = block_slots(at)
                 return jax.vmap(lambda bb, st, label: jax.lax.dynamic_slice(
                     pred_scores, (bb, st, label), (1, chunk, 1))[0, :, 0])(bi, ci * chunk, safe_labels[bi, mi])
 
@@ -320,7 +324,7 @@ def task_aligned_assign(
                 maxima, slot_values, scores_ahead = carry
                 at = jnp.int32(i * _SPARSE_BLOCK)
                 j = at + jnp.arange(_SPARSE_BLOCK, dtype=jnp.int32)
-                bi, ci, mi = (jax.lax.dynamic_slice(x, (at,), (_SPARSE_BLOCK,)) for x in (slot_b, slot_c, slot_m))
+                bi, ci, mi = block_slots(at)
                 start = ci * chunk
                 # (T, chunk, 4) predicted boxes and (T, chunk, 2) anchor points of each slot.
                 boxes = jax.vmap(lambda bb, st: jax.lax.dynamic_slice(
