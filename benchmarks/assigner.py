@@ -119,7 +119,7 @@ def main():
     # shapes. It pays the same output allocation (and, with glibc's defaults, the same page
     # faults) and nothing else, so reference / floor bounds what any JAX implementation of the
     # function can reach on this machine.
-    out_shapes = jax.eval_shape(lambda *a: task_aligned_assign(*a, chunk_size=chunk, method=args.method), *j_in)
+    out_shapes = jax.eval_shape(jax_batch)
     fill = jax.jit(lambda z: tuple(jnp.full(o.shape, z, o.dtype) for o in out_shapes))
     zero = jax.device_put(np.float32(0))
 
