@@ -1,10 +1,12 @@
 """Time Task-Aligned assignment: the jitted JAX function vs the notebook's assigner looped per image.
 
-Run:  python benchmarks/assigner.py [--batch 16 --img-size 640 --boxes 32 --classes 80 --rounds 9]
+Run:  python benchmarks/assigner.py [--assigner spec|chunked|chunked-sparse --batch 16 --img-size 640
+                                     --boxes 32 --classes 80 --rounds 9]
       python benchmarks/assigner.py --malloc-tuning      # glibc keeps freed memory (both sides)
 
 Both sides get the same inputs (random predictions near the anchors, 32 boxes per image).
-JAX is called as ``detection_loss`` calls it (``chunk_size`` = the anchor grid's row length),
+JAX is the spec (``assign.task_aligned_assign``) or the chunked assigner
+(``assign_chunked``, chunks = the anchor grid's row length, as ``train --assigner`` passes),
 through the jitted function as a user would call it (its C++ dispatch path; the ahead-of-time
 ``Compiled`` object's Python ``__call__`` adds ~0.2 ms per call). JAX compilation is timed
 separately (an ahead-of-time ``lower().compile()``) and excluded from the per-call time, and
@@ -44,8 +46,11 @@ import numpy as np
 import torch
 
 from reference_torch import TaskAlignedAssigner
-from yolo11_jax.anchors import feature_sizes, make_anchor_points, row_chunk_size
-from yolo11_jax.assign import METHODS, task_aligned_assign
+from yolo11_jax.anchors import feature_sizes, make_anchor_points
+from yolo11_jax.assign import task_aligned_assign
+from yolo11_jax.assign_chunked import chunked_assigner
+
+ASSIGNERS = ("spec", "chunked", "chunked-sparse")
 
 
 def tune_glibc_malloc() -> bool:
@@ -81,7 +86,9 @@ def main():
     ap.add_argument("--img-size", type=int, default=640)
     ap.add_argument("--boxes", type=int, default=32)
     ap.add_argument("--classes", type=int, default=80)
-    ap.add_argument("--method", default="auto", choices=METHODS, help="task_aligned_assign's method")
+    ap.add_argument("--assigner", default="spec", choices=ASSIGNERS,
+                    help="spec: assign.task_aligned_assign; chunked / chunked-sparse: assign_chunked's dense / "
+                         "sparse pass 1")
     ap.add_argument("--rounds", type=int, default=9, help="alternating timing rounds")
     ap.add_argument("--repeats", type=int, default=20,
                     help="JAX calls per round (reference: a twentieth as many batches, at least 1; "
@@ -96,22 +103,24 @@ def main():
 
     tuned = tune_glibc_malloc() if args.malloc_tuning else False
     anchors, strides, ps, pb, gl, gb, gm = make_inputs(args.batch, args.img_size, args.boxes, args.classes)
-    chunk = row_chunk_size(feature_sizes((args.img_size, args.img_size)))
+    feat = feature_sizes((args.img_size, args.img_size))
+    fn = task_aligned_assign if args.assigner == "spec" else chunked_assigner(
+        feat, method="sparse" if args.assigner == "chunked-sparse" else "dense")
     dev = jax.devices()[0]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"jax {jax.__version__} on {dev.platform}; torch {torch.__version__} ({torch.get_num_threads()} threads)")
     print(f"B={args.batch}, {args.img_size}x{args.img_size} ({len(anchors)} anchors), "
-          f"{args.boxes} boxes/image, {args.classes} classes; method={args.method}, chunk_size={chunk}; "
+          f"{args.boxes} boxes/image, {args.classes} classes; assigner={args.assigner}; "
           f"glibc malloc tuning: {'on' if tuned else 'off'}")
 
     j_in = [jax.device_put(x) for x in (ps, pb, anchors, gl, gb, gm)]
     t0 = time.perf_counter()
-    compiled = task_aligned_assign.lower(*j_in, chunk_size=chunk, method=args.method).compile()
+    compiled = jax.jit(fn).lower(*j_in).compile()
     compile_s = time.perf_counter() - t0
     del compiled
 
     def jax_batch():
-        return task_aligned_assign(*j_in, chunk_size=chunk, method=args.method)
+        return fn(*j_in)
 
     jax.block_until_ready(jax_batch())  # the jit cache's own compilation (not timed)
 

@@ -43,6 +43,10 @@ def parse_args(argv=None):
     ap.add_argument("--devices", default="1", help="data-parallel device count(s), comma-separated")
     ap.add_argument("--classes", type=int, default=80)
     ap.add_argument("--max-boxes", type=int, default=8)
+    ap.add_argument("--assigner", default="dense", choices=("dense", "chunked", "chunked-sparse"),
+                    help="label assignment, as train --assigner (dense: the spec)")
+    ap.add_argument("--no-torch-compat", dest="torch_compat", action="store_false",
+                    help="the plain Optax optimizer chain instead of the notebook recipe's torch-compatible one")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--torch-repeats", type=int, default=None, help="default: --repeats")
     ap.add_argument("--skip-torch", action="store_true")
@@ -81,6 +85,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reference_torch as R  # noqa: E402
 from yolo11_jax import convert, parallel  # noqa: E402
 from yolo11_jax.model import set_compute_dtype  # noqa: E402
+from yolo11_jax.anchors import feature_sizes  # noqa: E402
+from yolo11_jax.assign import task_aligned_assign  # noqa: E402
+from yolo11_jax.assign_chunked import chunked_assigner  # noqa: E402
 from yolo11_jax.optim import make_optimizer, make_schedule  # noqa: E402
 from yolo11_jax.presets import build_model, get_preset  # noqa: E402
 from yolo11_jax.step import TrainState, make_train_step, split_model  # noqa: E402
@@ -139,7 +146,7 @@ def main(args):
           f"{dev.device_kind}, {jax.device_count()} devices); torch {torch.__version__} "
           f"({torch.get_num_threads()} threads{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''})")
     print(f"model {args.model} (base {p.base}, depth {p.depth}), {args.classes} classes, {args.img_size}px, "
-          f"max_boxes {args.max_boxes}; batches {args.batches}, dtypes {args.dtypes}, devices {args.device_counts}")
+          f"max_boxes {args.max_boxes}, assigner {args.assigner}; batches {args.batches}, dtypes {args.dtypes}, devices {args.device_counts}")
 
     torch.manual_seed(0)
     ref = R.YOLOv11(num_classes=args.classes, base=p.base, depth=p.depth)
@@ -167,15 +174,18 @@ def main(args):
         if host_state is None:
             host_state = jax.device_get((params, rest))
         lr_fn = make_schedule(1e-3, schedule="epoch-cosine", epochs=5, steps_per_epoch=100)
-        tx = make_optimizer(lr_fn, weight_decay=0.05, clip_norm=10.0)
+        tx = make_optimizer(lr_fn, weight_decay=0.05, clip_norm=10.0, torch_compat=args.torch_compat)
         mesh = parallel.make_mesh(c["n_dev"])
         parallel.check_batch_size(c["batch_size"], mesh, "--batch")
         state = TrainState(step=jnp.zeros((), jnp.int32), params=host_state[0], rest=host_state[1],
                            opt_state=tx.init(host_state[0]))
         c["state"] = parallel.replicate(state, mesh)
         c["dev_batch"] = parallel.global_batch(c["batch"], mesh)
+        assigner = task_aligned_assign if args.assigner == "dense" else chunked_assigner(
+            feature_sizes((args.img_size, args.img_size)), method=args.assigner.removeprefix("chunked-") if
+            args.assigner == "chunked-sparse" else "dense")
         c["step"] = make_train_step(graphdef, tx, lr_fn=lr_fn, mesh=mesh, img_size=args.img_size,
-                                    num_classes=args.classes)
+                                    num_classes=args.classes, torch_compat=args.torch_compat, assigner=assigner)
         c["graphdef"] = graphdef
     set_compute_dtype(model, None)
 

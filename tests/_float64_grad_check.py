@@ -39,11 +39,10 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import reference_torch as R  # noqa: E402
-from tests.conftest import nchw, randomize_batchnorm, rel_l2  # noqa: E402
-from tests.test_loss import (PART_KEYS, ZERO_GRADIENT_TENSORS, jax_grads_in_torch_layout,  # noqa: E402
-                             make_targets, torch_targets)
+from tests.helpers import (loss_and_grads, make_targets, nchw, randomize_batchnorm, rel_l2,  # noqa: E402
+                           torch_targets)
+from tests.test_loss import PART_KEYS, ZERO_GRADIENT_TENSORS, jax_grads_in_torch_layout  # noqa: E402
 from yolo11_jax import YOLOv11, convert  # noqa: E402
-from yolo11_jax.step import loss_and_grads  # noqa: E402
 
 # Measured at 640 (batch 1, 9 boxes): loss parts <= 4.3e-15, gradients <= 1.1e-12 (batch 2,
 # boxes 9 and 3: 2.5e-15 and 1.4e-12). The float32 tests hold gradients to 1e-3.

@@ -1,19 +1,31 @@
-"""task_aligned_assign (batched, padded) against the notebook's assigner looped per image.
+"""The spec assigner (batched, padded) against the notebook's assigner looped per image, and the
+chunked assigner against the spec.
 
 Labels and foreground masks must be identical; bboxes and scores agree to 1e-5 (abs).
-Every case runs each way of finding the chunk maxima (``method='dense' | 'sparse' | 'auto'``),
-and the ways must also agree with each other bit for bit.
+Every case runs the spec (``assign.task_aligned_assign``) and both passes of the chunked
+assigner (``assign_chunked``, ``method='dense' | 'sparse'``) at several chunk sizes; the
+chunked results must equal the spec's bit for bit.
 """
 
 import itertools
+
+import jax
 
 import numpy as np
 import pytest
 import torch
 
 from reference_torch import TaskAlignedAssigner
+from yolo11_jax import assign, assign_chunked
 from yolo11_jax.anchors import feature_sizes, make_anchor_points, row_chunk_size
-from yolo11_jax.assign import METHODS, task_aligned_assign
+from yolo11_jax.assign import task_aligned_assign
+from yolo11_jax.assign_chunked import task_aligned_assign_chunked
+
+# (name, function(*args, chunk_size, **kw)): the spec first; chunk_size concerns the others only.
+WAYS = [("spec", lambda *args, chunk_size=None, **kw: task_aligned_assign(*args, **kw))] + [
+    (f"chunked-{m}", lambda *args, m=m, **kw: task_aligned_assign_chunked(*args, method=m, **kw))
+    for m in assign_chunked.METHODS]
+METHODS = [name for name, _ in WAYS]
 
 
 def make_batch(seed, img_size=128, num_classes=6, counts=(3, 0, 7, 1), max_boxes=8):
@@ -68,9 +80,8 @@ def check_equal(batch, chunk_sizes=(None,), **kw):
     want_labels, want_bboxes, want_scores = reference_assign(anchors, strides, *rest, **kw)
     pred_scores, pred_bboxes, gt_labels, gt_bboxes, gt_mask = rest
     first = None
-    for method, chunk_size in itertools.product(METHODS, chunk_sizes):
-        out = task_aligned_assign(pred_scores, pred_bboxes, anchors, gt_labels, gt_bboxes, gt_mask,
-                                  method=method, chunk_size=chunk_size, **kw)
+    for (method, fn), chunk_size in itertools.product(WAYS, chunk_sizes):
+        out = fn(pred_scores, pred_bboxes, anchors, gt_labels, gt_bboxes, gt_mask, chunk_size=chunk_size, **kw)
         labels, bboxes, scores, fg = (np.asarray(x) for x in out)
         np.testing.assert_array_equal(labels, want_labels, err_msg=method)
         np.testing.assert_array_equal(fg, want_labels >= 0, err_msg=method)
@@ -78,7 +89,7 @@ def check_equal(batch, chunk_sizes=(None,), **kw):
         np.testing.assert_allclose(scores, want_scores, rtol=0, atol=1e-5, err_msg=method)
         if first is None:
             first = (labels, bboxes, scores, fg)
-        else:  # methods and chunkings differ only in how they find the same top-k
+        else:  # the chunked ways differ from the spec only in how they find the same top-k
             for x, y in zip(first, (labels, bboxes, scores, fg)):
                 np.testing.assert_array_equal(x, y, err_msg=method)
     return want_labels
@@ -116,13 +127,11 @@ def test_assigner_options_match_reference(kw):
 
 
 def test_few_chunks_take_one_top_k_over_all_anchors():
-    """With at most 2k chunks (here 84 anchors at 64 px, chunks of 1, k = 50) the two-pass
-    search is skipped for one ``top_k`` over all anchors."""
-    from yolo11_jax.assign import _chunk_size
-
+    """With at most 2k chunks (here 84 anchors at 64 px, chunks of 1, k = 50) the chunked
+    assigner hands over to the spec (one ``top_k`` over all anchors)."""
     batch = make_batch(36, img_size=64, counts=(1, 0, 4, 1), max_boxes=5)
     batch[5][0, 0] = [1.0, 1.0, 63.0, 63.0]  # holds ~70 anchors: more than k have positive alignment
-    assert -(-len(batch[0]) // _chunk_size(len(batch[0]), 50)) <= 2 * 50  # the path under test
+    assert -(-len(batch[0]) // assign_chunked.chunk_size_for(len(batch[0]), 50)) <= 2 * 50  # the path under test
     labels = check_equal(batch, topk=50)
     assert (labels[0] >= 0).sum() == 50
 
@@ -136,8 +145,7 @@ def test_notebook_size_batch_matches_reference():
 
 
 def test_more_than_32_boxes_per_image():
-    """The sparse pass packs each (image, chunk)'s box hits into 32-bit words: 40 boxes take
-    two words."""
+    """Many boxes per image: the sparse pass enumerates (image, chunk, box) hits in that order."""
     labels = check_equal(make_batch(31, counts=(37, 2, 40), max_boxes=40))
     assert (labels >= 0).sum() > 30
 
@@ -187,19 +195,17 @@ def _foreground(anchors, pred_bboxes, gt, anchor_scores, topk):
     pred_scores = np.full((1, len(anchors), 2), 0.1, np.float32)
     pred_scores[0, list(anchor_scores), 0] = list(anchor_scores.values())
     result = {}
-    for method in METHODS:
-        *_, fg = task_aligned_assign(pred_scores, pred_bboxes, anchors, *gt, topk=topk,
-                                     chunk_size=_SCENE_CHUNK, method=method)
+    for method, fn in WAYS:
+        *_, fg = fn(pred_scores, pred_bboxes, anchors, *gt, topk=topk, chunk_size=_SCENE_CHUNK)
         result[method] = sorted(np.flatnonzero(np.asarray(fg)[0]))
     return result
 
 
 def test_ties_at_the_kth_place_go_to_the_lower_anchor_index():
     """Equal alignments straddling the k-th place go to the lower anchor index (lax.top_k's
-    rule), although the search meets the best chunk's candidates first: here the chunk with
-    the largest value has the higher index, so without the check for such ties the search
-    would keep its anchor. (torch.topk leaves the order of ties open, so this is checked
-    against the rule, not the reference.)"""
+    rule) in every way, although the chunk with the largest value has the higher index.
+    (torch.topk leaves the order of ties open, so this is checked against the rule, not the
+    reference.)"""
     anchors, pred_bboxes, gt, (low, high) = _one_box_scene()
     best, second = high * _SCENE_CHUNK, low * _SCENE_CHUNK                 # chunk maxima 0.9 > 0.8
     tie_low, tie_high = low * _SCENE_CHUNK + 2, high * _SCENE_CHUNK + 2    # 0.5 each
@@ -210,9 +216,8 @@ def test_ties_at_the_kth_place_go_to_the_lower_anchor_index():
 
 @pytest.mark.parametrize("topk", [2, 3, 4])
 def test_a_chunk_maximum_shared_by_two_anchors(topk):
-    """Two anchors of one chunk share its maximum. The CPU's search moves each chunk's first
-    maximum to the front of the candidates; the other must stay among them (topk 3, 4: both
-    are kept), and when only one of the pair fits (topk 2) the lower anchor index wins."""
+    """Two anchors of one chunk share its maximum: both stay among the candidates (topk 3, 4:
+    both are kept), and when only one of the pair fits (topk 2) the lower anchor index wins."""
     anchors, pred_bboxes, gt, (other, shared) = _one_box_scene()
     top, third = other * _SCENE_CHUNK + 1, other * _SCENE_CHUNK
     pair = [shared * _SCENE_CHUNK + 3, shared * _SCENE_CHUNK + 1]
@@ -222,65 +227,38 @@ def test_a_chunk_maximum_shared_by_two_anchors(topk):
         assert fg == sorted(expected), method
 
 
-@pytest.mark.parametrize("img_size, counts", [(128, (3, 0, 7, 1)), (640, (32, 5, 0, 17))])
-def test_scores_per_anchor(img_size, counts):
-    """``scores_per_anchor=True`` (what the loss uses) gives the same assignment, and the
-    soft targets as one value per anchor: its one-hot product equals the (B, A, C) scores bit
-    for bit."""
-    batch = make_batch(35, img_size=img_size, num_classes=80 if img_size == 640 else 6,
-                       counts=counts, max_boxes=max(counts))
-    anchors, _, pred_scores, pred_bboxes, gt_labels, gt_bboxes, gt_mask = batch
-    args = (pred_scores, pred_bboxes, anchors, gt_labels, gt_bboxes, gt_mask)
-    chunk = row_chunk_size(feature_sizes((img_size, img_size)))
-    for method in METHODS:
-        full = [np.asarray(x) for x in task_aligned_assign(*args, method=method, chunk_size=chunk)]
-        per_anchor = [np.asarray(x) for x in task_aligned_assign(
-            *args, method=method, chunk_size=chunk, scores_per_anchor=True)]
-        for i in (0, 1, 3):
-            np.testing.assert_array_equal(per_anchor[i], full[i], err_msg=method)
-        labels, value = per_anchor[0], per_anchor[2]
-        assert value.shape == labels.shape and (value[labels < 0] == 0).all()
-        one_hot = np.eye(pred_scores.shape[-1], dtype=np.float32)[np.maximum(labels, 0)]
-        np.testing.assert_array_equal(one_hot * value[..., None], full[2], err_msg=method)
-        assert (value > 0).sum() > 10
-
-
-def test_per_axis_indexing_of_large_arrays(monkeypatch):
-    """Arrays of 2**31 elements or more are indexed per axis instead of by flat int32 offsets
-    (a score gather, the soft-score scatter). Forced here on a small batch by lowering the
-    limit: same results as the reference and, bit for bit, as the flat path."""
-    import jax
-
-    from yolo11_jax import assign
-
-    anchors, strides, pred_scores, pred_bboxes, gt_labels, gt_bboxes, gt_mask = make_batch(
-        34, counts=(5, 0, 8), max_boxes=8)
-    # 331 of the 336 anchors (a prime count): the last chunk is padded, and the sparse pass
-    # gathers its scores by index (the path that has a per-axis form).
-    anchors, strides, pred_scores, pred_bboxes = anchors[:331], strides[:331], pred_scores[:, :331], pred_bboxes[:, :331]
-    batch = (anchors, strides, pred_scores, pred_bboxes, gt_labels, gt_bboxes, gt_mask)
-    want = reference_assign(*batch)
-    raw = assign.task_aligned_assign.__wrapped__  # traced afresh by each jax.jit below
-    args = (pred_scores, pred_bboxes, anchors, gt_labels, gt_bboxes, gt_mask)
-    for method in METHODS:
-        def run():
-            return [np.asarray(x) for x in jax.jit(lambda *xs: raw(*xs, method=method))(*args)]
-
-        flat = run()
-        with monkeypatch.context() as patch:
-            patch.setattr(assign, "_FLAT_INDEX_LIMIT", 0)
-            per_axis = run()
-        for x, y in zip(flat, per_axis):
-            np.testing.assert_array_equal(x, y, err_msg=method)
-        np.testing.assert_array_equal(per_axis[0], want[0], err_msg=method)
-        np.testing.assert_allclose(per_axis[2], want[2], rtol=0, atol=1e-5, err_msg=method)
-    assert (want[0] >= 0).sum() > 10
-
-
 def test_unknown_method_is_an_error():
     anchors, _, *rest = make_batch(33)
     with pytest.raises(ValueError, match="unknown assignment method 'fast'"):
-        task_aligned_assign(rest[0], rest[1], anchors, *rest[2:], method="fast")
+        task_aligned_assign_chunked(rest[0], rest[1], anchors, *rest[2:], method="fast")
+
+
+def test_sparse_pass_refuses_a_candidate_rule_it_cannot_honour(monkeypatch):
+    """The sparse pass skips chunks that do not meet a box. A spec whose candidate rule selects
+    anchors outside the box (here: boxes enlarged to at least 16 px about their centre, as
+    Ultralytics' assigner does) must make it raise, not silently lose candidates; the dense
+    pass still follows the changed spec, bit for bit."""
+    original = assign.candidate_mask
+
+    def enlarged(anchor_points, gt_bboxes, gt_mask):
+        centre, half = (gt_bboxes[..., :2] + gt_bboxes[..., 2:]) / 2, (gt_bboxes[..., 2:] - gt_bboxes[..., :2]) / 2
+        half = jax.numpy.maximum(half, 8.0)
+        return original(anchor_points, jax.numpy.concatenate([centre - half, centre + half], -1), gt_mask)
+
+    anchors, strides, *rest = make_batch(37)
+    args = (rest[0], rest[1], anchors, *rest[2:])
+    kw = dict(beta=1.0)  # so that the tiny boxes' anchors (IoU ~0.02) align above eps
+    monkeypatch.setattr(assign, "candidate_mask", enlarged)
+    with pytest.raises(ValueError, match="selects anchors outside their box"):
+        task_aligned_assign_chunked.__wrapped__(*args, method="sparse", **kw)
+    spec = task_aligned_assign.__wrapped__(*args, **kw)
+    dense = task_aligned_assign_chunked.__wrapped__(*args, method="dense", **kw)
+    for x, y in zip(spec, dense):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # the changed rule is really in use: it gives another foreground than the original
+    monkeypatch.setattr(assign, "candidate_mask", original)
+    assert (np.asarray(spec.fg_mask) != np.asarray(task_aligned_assign.__wrapped__(*args, **kw).fg_mask)).any()
+    task_aligned_assign_chunked.__wrapped__(*args, method="sparse", **kw)  # the original rule passes the probe
 
 
 @pytest.mark.parametrize("rows", [16, 4])

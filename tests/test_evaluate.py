@@ -8,7 +8,7 @@ import pytest
 from yolo11_jax.data import SHAPES_CLASS_NAMES
 from yolo11_jax.evaluate import main
 
-from tests.conftest import RUN_IMG_SIZE as IMG_SIZE, make_run_dir
+from tests.helpers import RUN_IMG_SIZE as IMG_SIZE, make_run_dir
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 
 from reference_torch import compute_iou
 from yolo11_jax.iou import MODES, bbox_iou, bbox_iou_elementwise
-from tests.conftest import rel_l2
+from tests.helpers import rel_l2
 
 
 def random_boxes(rng, n, scale=100.0):

@@ -25,8 +25,9 @@ from flax import nnx
 import reference_torch as R
 from yolo11_jax import YOLOv11, convert
 from yolo11_jax.loss import detection_loss
-from yolo11_jax.step import loss_and_grads, make_loss_fn, split_model
-from tests.conftest import nchw, randomize_batchnorm, rel_l2, subprocess_env
+from yolo11_jax.step import make_loss_fn, split_model
+from tests.helpers import (loss_and_grads, make_targets, nchw, randomize_batchnorm, rel_l2, subprocess_env,
+                           torch_targets)
 
 FLOAT64_CHECK = Path(__file__).with_name("_float64_grad_check.py")
 
@@ -39,24 +40,6 @@ ZERO_GRADIENT_TENSORS = {
     # subtracts the per-channel mean and removes any per-channel constant.
     "c2psa.attn.out_proj.bias",
 }
-
-
-def make_targets(rng, batch_size, num_classes, counts, max_boxes):
-    boxes = np.zeros((batch_size, max_boxes, 4), np.float32)
-    labels = np.zeros((batch_size, max_boxes), np.int32)
-    mask = np.zeros((batch_size, max_boxes), bool)
-    for i, n in enumerate(counts):
-        cxcy = rng.uniform(0.15, 0.85, (n, 2))
-        wh = rng.uniform(0.05, 0.4, (n, 2))
-        boxes[i, :n] = np.concatenate([cxcy, wh], 1)
-        labels[i, :n] = rng.integers(0, num_classes, n)
-        mask[i, :n] = True
-    return boxes, labels, mask
-
-
-def torch_targets(boxes, labels, mask):
-    return ([torch.from_numpy(boxes[i][mask[i]]) for i in range(len(boxes))],
-            [torch.from_numpy(labels[i][mask[i]]).long() for i in range(len(boxes))])
 
 
 def jax_grads_in_torch_layout(model, grads):

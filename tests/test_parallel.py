@@ -25,8 +25,7 @@ from flax import nnx
 from yolo11_jax.optim import make_optimizer, make_schedule
 from yolo11_jax.presets import build_model
 from yolo11_jax.step import TrainState, make_train_step, split_model
-from tests.conftest import subprocess_env
-from tests.test_train_step import make_batches
+from tests.helpers import make_batches, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PART_KEYS = ("total_loss", "cls_loss", "box_loss", "dfl_loss", "num_pos")
@@ -81,7 +80,7 @@ def _free_port() -> int:
 
 
 def _train_args(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "yolo11_jax.train", "--preset", "smoke", "--run-dir", str(run_dir),
+    return [sys.executable, "-m", "yolo11_jax.train", "--config", "smoke", "--run-dir", str(run_dir),
             "--epochs", "1", "--shapes-train-images", "16", "--log-every", "1", "--val-split", "none",
             "--workers", "0"]
 

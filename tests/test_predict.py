@@ -24,7 +24,7 @@ from yolo11_jax.predict import (
 )
 from yolo11_jax.presets import build_model
 
-from tests.conftest import RUN_IMG_SIZE as IMG_SIZE, make_run_dir
+from tests.helpers import RUN_IMG_SIZE as IMG_SIZE, make_run_dir
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_class_colours_are_distinct_and_drawing_keeps_the_size():
 
 
 def test_cli_outputs(run_dir, inputs, tmp_path, capsys):
-    from yolo11_jax.evaluate import predict_batch
+    from yolo11_jax.inference import predict_batch
 
     out = tmp_path / "pred"
     cache_before = predict_batch._cache_size() if hasattr(predict_batch, "_cache_size") else None
@@ -184,7 +184,7 @@ def test_cli_outputs(run_dir, inputs, tmp_path, capsys):
 def test_cli_weights_letterbox_and_mapping(run_dir, tmp_path, capsys):
     """--weights with explicit options and --letterbox: the JSON boxes are the network's
     boxes mapped back through the letterbox (checked against a direct forward pass)."""
-    from yolo11_jax.evaluate import eval_graphdef
+    from yolo11_jax.inference import eval_graphdef
     from yolo11_jax.predict import detect_images
 
     img_path = tmp_path / "img.png"

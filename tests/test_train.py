@@ -1,5 +1,6 @@
 """The training command: outputs, resume, divergence handling, bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,14 +9,16 @@ import numpy as np
 import pytest
 
 import reference_torch as R
-from yolo11_jax.train import NonFiniteLossError, TrainConfig, build_parser, train, TRAIN_PRESETS
-from tests.conftest import subprocess_env
+from yolo11_jax.configs import CONFIGS, TrainConfig, named_config
+from yolo11_jax.train import NonFiniteLossError, build_parser, train
+from tests.helpers import subprocess_env
 
-SMOKE = dict(TRAIN_PRESETS["smoke"], val_split=None, eval_every=0, workers=1)
+SMOKE = dict(val_split=None, eval_every_epochs=0, workers=1)
+SMOKE_STEPS_PER_EPOCH = 8  # 64 images, batch 8
 
 
 def smoke_config(tmp_path, name, **overrides):
-    return TrainConfig(**{**SMOKE, "run_dir": str(tmp_path / name), **overrides})
+    return named_config("smoke", **{**SMOKE, "run_dir": str(tmp_path / name), **overrides})
 
 
 def epoch_rows(run_dir):
@@ -25,14 +28,14 @@ def epoch_rows(run_dir):
 
 def test_cli_writes_every_promised_output(tmp_path):
     run = tmp_path / "cli"
-    proc = subprocess.run([sys.executable, "-m", "yolo11_jax.train", "--preset", "smoke", "--run-dir", str(run),
-                           "--eval-every", "2"], capture_output=True, text=True, timeout=600, env=subprocess_env())
+    proc = subprocess.run([sys.executable, "-m", "yolo11_jax.train", "--config", "smoke", "--run-dir", str(run),
+                           "--eval-every-epochs", "2"], capture_output=True, text=True, timeout=600, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("config.json", "metrics.jsonl", "loss_curves.png", "sample_batch.png", "iou_variants.png",
                  "map_curve.png", "weights.safetensors"):
         assert (run / name).stat().st_size > 0, name
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["preset"] == "smoke" and cfg["num_classes"] == 4 and cfg["eval_every"] == 2
+    assert cfg["config"] == "smoke" and cfg["num_classes"] == 4 and cfg["eval_every_epochs"] == 2
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     intervals = [r for r in rows if r["kind"] == "interval"]
     epochs = [r for r in rows if r["kind"] == "epoch"]
@@ -51,7 +54,7 @@ def test_cli_writes_every_promised_output(tmp_path):
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     full = train(smoke_config(tmp_path, "full", epochs=3), progress=False)
     part = smoke_config(tmp_path, "part", epochs=3)
-    train(part, progress=False, stop_after_epochs=1)
+    train(part, progress=False, stop_after_steps=SMOKE_STEPS_PER_EPOCH)
     assert len(epoch_rows(tmp_path / "part")) == 1
     train(smoke_config(tmp_path, "part", epochs=3), resume=tmp_path / "part", progress=False)
     a, b = epoch_rows(tmp_path / "full"), epoch_rows(tmp_path / "part")
@@ -74,7 +77,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     train(cfg, progress=False)
     ckpt = tmp_path / "nan" / "checkpoints"
     before = sorted(p.name for p in ckpt.iterdir())
-    bad = smoke_config(tmp_path, "nan", epochs=2, lr=float("nan"))
+    bad = smoke_config(tmp_path, "nan", epochs=2, lr=1e30)  # (a NaN learning rate is refused by the checks)
     with pytest.raises(NonFiniteLossError, match="last good checkpoint .step 8. .* is intact"):
         train(bad, resume=tmp_path / "nan", progress=False)
     assert sorted(p.name for p in ckpt.iterdir()) == before
@@ -94,13 +97,13 @@ def test_bad_config_is_reported_clearly(tmp_path):
         train(smoke_config(tmp_path, "bad", img_size=100), progress=False)
     # Settings used only at the first evaluation or later are checked before any training.
     with pytest.raises(ValueError) as err:
-        train(smoke_config(tmp_path, "bad", eval_batch_size=0, keep_checkpoints=0, eval_every=-1, workers=-2),
+        train(smoke_config(tmp_path, "bad", eval_batch_size=0, keep_checkpoints=0, eval_every_epochs=-1, workers=-2),
               progress=False)
     for msg in ("--eval-batch-size must be >= 1, got 0", "--keep-checkpoints must be >= 1, got 0",
-                "--eval-every must be >= 0, got -1", "--workers must be >= 0, got -2"):
+                "--eval-every-epochs must be >= 0, got -1", "--workers must be >= 0, got -2"):
         assert msg in str(err.value)
     with pytest.raises(ValueError, match=r"validation data 'shapes' \(validation\) has no usable images"):
-        train(smoke_config(tmp_path, "noval", val_split="validation", eval_every=1, shapes_val_images=0),
+        train(smoke_config(tmp_path, "noval", val_split="validation", eval_every_epochs=1, shapes_val_images=0),
               progress=False)
     with pytest.raises(ValueError, match=r"3 class names for 4 classes"):
         train(smoke_config(tmp_path, "names", class_names=["a", "b", "c"]), progress=False)
@@ -119,7 +122,7 @@ def test_a_finished_run_directory_is_not_overwritten(tmp_path):
 def test_cli_resume_normalises_overrides_and_rewrites_the_interrupted_epoch(tmp_path):
     from yolo11_jax.train import main
     run = tmp_path / "run"
-    train(smoke_config(tmp_path, "run", epochs=2), progress=False, stop_after_epochs=1)
+    train(smoke_config(tmp_path, "run", epochs=2), progress=False, stop_after_steps=SMOKE_STEPS_PER_EPOCH)
     # Rows of an epoch interrupted after the checkpoint are dropped on resume, not repeated.
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"kind": "interval", "epoch": 2, "step": 12, "total_loss": 1.0}) + "\n")
@@ -131,23 +134,23 @@ def test_cli_resume_normalises_overrides_and_rewrites_the_interrupted_epoch(tmp_
     assert steps == sorted(steps) and [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
     assert all(r.get("total_loss") != 1.0 for r in rows)
     with pytest.raises(SystemExit):
-        main(["--resume", str(run), "--preset", "notebook"])
+        main(["--resume", str(run), "--config", "notebook-coco"])
 
 
 def test_help_documents_every_option():
     text = build_parser().format_help()
     for field in TrainConfig.__dataclass_fields__:
-        if field in ("preset", "class_names"):
+        if field in ("config", "class_names"):
             continue
         assert "--" + field.replace("_", "-") in text, field
-    for preset in TRAIN_PRESETS:
-        assert preset in text
+    for name in CONFIGS:
+        assert name in text
 
 
 def test_cli_reports_unreadable_data_without_a_traceback(tmp_path, capsys, monkeypatch):
     from yolo11_jax import train as train_mod
 
-    rc = train_mod.main(["--preset", "smoke", "--data", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "a")])
+    rc = train_mod.main(["--config", "smoke", "--data", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "a")])
     assert rc == 2
     assert "missing" in capsys.readouterr().err
 
@@ -155,6 +158,79 @@ def test_cli_reports_unreadable_data_without_a_traceback(tmp_path, capsys, monke
         raise ConnectionError("Couldn't reach 'detection-datasets/coco' on the Hub")
 
     monkeypatch.setattr(train_mod, "build_dataset", unreachable)
-    rc = train_mod.main(["--preset", "notebook", "--run-dir", str(tmp_path / "b")])
+    rc = train_mod.main(["--config", "notebook-coco", "--run-dir", str(tmp_path / "b")])
     assert rc == 2
     assert "could not read the data" in capsys.readouterr().err
+
+
+def step_rows(run_dir, kind="interval"):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == kind]
+
+
+def test_resume_inside_an_epoch_continues_with_the_next_batch(tmp_path):
+    """Stopped after step 11 (inside epoch 2, a checkpoint by --checkpoint-every), the resumed
+    run's losses equal an uninterrupted run's, step for step, bit for bit on the CPU."""
+    kw = dict(epochs=2, log_every=1, checkpoint_every=11)
+    train(smoke_config(tmp_path, "full", **kw), progress=False)
+    train(smoke_config(tmp_path, "part", **kw), progress=False, stop_after_steps=11)
+    assert json.loads((tmp_path / "part" / "checkpoints" / "11" / "meta" / "metadata").read_text())["step"] == 11
+    train(smoke_config(tmp_path, "part", **kw), resume=tmp_path / "part", progress=False)
+    full, part = step_rows(tmp_path / "full"), step_rows(tmp_path / "part")
+    assert [r["step"] for r in part] == [r["step"] for r in full] == list(range(1, 17))
+    for a, b in zip(full, part):
+        for key in ("total_loss", "cls_loss", "box_loss", "dfl_loss", "num_pos", "lr"):
+            assert a[key] == b[key], (a["step"], key)
+    assert [r["total_loss"] for r in epoch_rows(tmp_path / "full")] == [r["total_loss"] for r in epoch_rows(tmp_path / "part")]
+
+
+def test_length_evaluation_and_checkpoints_count_steps(tmp_path):
+    """--steps sets the length (here 1.5 epochs); evaluation and checkpoints every N steps, plus
+    the last step."""
+    cfg = smoke_config(tmp_path, "steps", steps=12, eval_every_steps=5, val_split="validation",
+                       checkpoint_every=4, checkpoint_every_epochs=0, keep_checkpoints=10)
+    out = train(cfg, progress=False)
+    assert out["steps"] == 12
+    assert [e["step"] for e in out["evals"]] == [5, 10, 12]
+    assert [r["step"] for r in step_rows(tmp_path / "steps", "eval")] == [5, 10, 12]
+    assert sorted(int(p.name) for p in (tmp_path / "steps" / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8, 12]
+    assert [r["epoch"] for r in epoch_rows(tmp_path / "steps")] == [1, 2]  # the last epoch is partial
+
+
+def test_deprecated_spellings_still_work(tmp_path, capsys):
+    from yolo11_jax import train as train_mod
+
+    args = build_parser().parse_args(["--preset", "notebook", "--eval-every", "3"])
+    train_mod._deprecated(args)
+    cfg = train_mod.config_from_args(args)
+    assert cfg.config == "notebook-coco" and cfg.model == "notebook" and cfg.eval_every_epochs == 3
+    err = capsys.readouterr().err
+    assert "--preset is deprecated: use --config notebook-coco" in err
+    assert "--eval-every is deprecated: use --eval-every-epochs" in err
+    with pytest.raises(ValueError, match="unknown config 'notebook'.*--config notebook-coco.*--model notebook"):
+        named_config("notebook")
+    # A config.json of an earlier version (preset, eval_every) resumes under the new names.
+    run = tmp_path / "old"
+    run.mkdir()
+    old = {**dataclasses.asdict(smoke_config(tmp_path, "old")), "preset": "smoke", "eval_every": 0}
+    del old["config"], old["eval_every_epochs"]
+    (run / "config.json").write_text(json.dumps(old))
+    cfg = train_mod.resumed_config(run, build_parser().parse_args([]))
+    assert cfg.config == "smoke" and cfg.eval_every_epochs == 0
+
+
+def test_options_come_from_one_declaration():
+    """Every TrainConfig field with a command-line flag is an argparse option whose default is
+    None (only given options override) and whose help names the cpu config's default; the
+    checks of the declaration reject bad values."""
+    from yolo11_jax import config as C
+
+    ap = build_parser()
+    actions = {a.dest: a for a in ap._actions}
+    for f in C.cli_fields(TrainConfig):
+        assert f.name in actions and actions[f.name].default is None, f.name
+        assert f"(cpu config: {getattr(TrainConfig(), f.name)})" in actions[f.name].help, f.name
+    problems = C.validate(TrainConfig(img_size=100, model="huge", topk=0))
+    assert problems == ["--model must be one of " + ", ".join(TrainConfig.__dataclass_fields__["model"]
+                                                              .metadata["choices"]) + ", got 'huge'",
+                        "--img-size must be a multiple of 32, got 100", "--topk must be >= 1, got 0"]

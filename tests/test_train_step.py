@@ -15,8 +15,7 @@ import reference_torch as R
 from yolo11_jax import YOLOv11, convert
 from yolo11_jax.optim import make_optimizer, make_schedule
 from yolo11_jax.step import TrainState, make_train_step, split_model
-from tests.conftest import randomize_batchnorm, rel_l2
-from tests.test_loss import make_targets, torch_targets
+from tests.helpers import make_batches, randomize_batchnorm, rel_l2, torch_targets
 
 # Tensors whose exact gradient is zero (see tests/test_loss.py): both sides hold float32 noise
 # there, and AdamW turns any noise into steps of about lr per element, so after the steps they
@@ -27,18 +26,6 @@ from tests.test_loss import make_targets, torch_targets
 #    same amount (softmax is invariant to it) and its value third adds a constant per channel
 #    (softmax weights sum to 1) that the following BatchNorms remove.
 NOISE_ONLY = {"c2psa.attn.out_proj.bias", "c2psa.attn.in_proj_bias"}
-
-
-def make_batches(num_classes, img_size, batch_size, num_batches, max_boxes, seed=0):
-    rng = np.random.default_rng(seed)
-    batches = []
-    for _ in range(num_batches):
-        counts = rng.integers(0, max_boxes + 1, batch_size)
-        counts[0] = max(counts[0], 2)
-        boxes, labels, mask = make_targets(rng, batch_size, num_classes, counts, max_boxes)
-        images = rng.random((batch_size, img_size, img_size, 3), dtype=np.float32)
-        batches.append(dict(images=images, boxes_cxcywh=boxes, labels=labels, mask=mask))
-    return batches
 
 
 def test_trajectory_matches_reference_training_loop():
@@ -72,9 +59,10 @@ def test_trajectory_matches_reference_training_loop():
     model.train()
     graphdef, params, rest = split_model(model)
     lr_fn = make_schedule(lr, schedule="epoch-cosine", epochs=epochs, steps_per_epoch=steps_per_epoch)
-    tx = make_optimizer(lr_fn, weight_decay=0.05, clip_norm=10.0)
+    # torch_compat: torch's clipping, and the regression branch frozen on the batch without boxes.
+    tx = make_optimizer(lr_fn, weight_decay=0.05, clip_norm=10.0, torch_compat=True)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
-    step = make_train_step(graphdef, tx, lr_fn=lr_fn, img_size=img_size, num_classes=num_classes)
+    step = make_train_step(graphdef, tx, lr_fn=lr_fn, img_size=img_size, num_classes=num_classes, torch_compat=True)
     jax_parts = []
     for epoch in range(epochs):
         for b in batches:

@@ -1,9 +1,11 @@
-"""Anchor points of the three detection levels, in the notebook's order.
+"""Anchor points of the three detection levels, the flattening of the head's levels in the same
+order, and the decoding of ``ltrb`` distances into boxes.
 
 The notebook builds, for each level, ``meshgrid(arange(h), arange(w), indexing='ij')``,
 stacks it as ``(x, y)``, adds 0.5 and multiplies by the stride. Levels are
 concatenated in the order of ``strides`` (8, 16, 32), each flattened row-major.
-Predictions flattened with ``reshape(B, H * W, C)`` in NHWC follow the same order.
+Predictions flattened with ``reshape(B, H * W, C)`` in NHWC follow the same order
+(:func:`flatten_levels`). The loss and the post-processing both use these functions.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 STRIDES: tuple[int, int, int] = (8, 16, 32)
@@ -50,3 +54,27 @@ def make_anchor_points(
         points.append((xy + 0.5) * np.float32(s))
         per_anchor_strides.append(np.full((h * w,), s, dtype=np.float32))
     return np.concatenate(points, 0), np.concatenate(per_anchor_strides, 0)
+
+
+def flatten_levels(predictions) -> tuple[list[jax.Array], list[tuple[int, int]]]:
+    """The head's output, levels ``[(cls (B,H,W,C), ltrb (B,H,W,4), raw (B,H,W,4R)), ...]``, as one
+    ``(B, A, ·)`` array per output (levels concatenated in order, each flattened row-major),
+    and the feature sizes ``[(H, W), ...]``."""
+    feat_sizes = [(int(level[0].shape[1]), int(level[0].shape[2])) for level in predictions]
+    flat = [jnp.concatenate([level[i].reshape(level[i].shape[0], -1, level[i].shape[-1]) for level in predictions],
+                            axis=1) for i in range(len(predictions[0]))]
+    return flat, feat_sizes
+
+
+def decode_ltrb(ltrb: jax.Array, anchor_points: jax.Array, anchor_strides: jax.Array) -> jax.Array:
+    """Distances ``ltrb (..., A, 4)`` in grid units -> boxes ``(..., A, 4)`` xyxy in pixels, for
+    anchors ``(A, 2)`` in pixels with strides ``(A,)``."""
+    s = anchor_strides[:, None]
+    return jnp.concatenate([anchor_points - ltrb[..., :2] * s, anchor_points + ltrb[..., 2:] * s], -1)
+
+
+def cxcywh_to_xyxy(boxes_cxcywh: jax.Array, img_hw: tuple[int, int]) -> jax.Array:
+    """Normalised ``cxcywh (..., 4)`` -> ``xyxy (..., 4)`` pixels of an image of ``img_hw = (h, w)``."""
+    h, w = img_hw
+    cx, cy, bw, bh = (boxes_cxcywh[..., i] for i in range(4))
+    return jnp.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], -1)

@@ -26,43 +26,21 @@ then come out in float64 too.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from yolo11_jax.anchors import STRIDES, make_anchor_points, row_chunk_size
-from yolo11_jax.assign import task_aligned_assign
+from yolo11_jax.anchors import STRIDES, cxcywh_to_xyxy, decode_ltrb, flatten_levels, make_anchor_points
+from yolo11_jax.assign import Assignment, task_aligned_assign
 from yolo11_jax.iou import bbox_iou_elementwise
 
 # A harmless box substituted for background rows before CIoU, so that no
 # inf/NaN can arise in a branch that is masked out afterwards ("double where").
 _SAFE_BOX = (0.0, 0.0, 1.0, 1.0)
 
-
-def flatten_predictions(predictions) -> tuple[jax.Array, jax.Array, jax.Array, list[tuple[int, int]]]:
-    """Levels ``[(cls (B,H,W,C), ltrb (B,H,W,4), raw (B,H,W,4R))]`` -> ``(B, A, ·)`` each,
-    flattened row-major per level and concatenated in level order, plus the feature sizes."""
-    feat_sizes = [(int(p[0].shape[1]), int(p[0].shape[2])) for p in predictions]
-
-    def cat(i):
-        return jnp.concatenate(
-            [p[i].reshape(p[i].shape[0], -1, p[i].shape[-1]) for p in predictions], axis=1)
-
-    return cat(0), cat(1), cat(2), feat_sizes
-
-
-def decode_ltrb(ltrb: jax.Array, anchor_points: jax.Array, anchor_strides: jax.Array) -> jax.Array:
-    """``ltrb (..., A, 4)`` in grid units -> boxes ``(..., A, 4)`` xyxy in pixels."""
-    s = anchor_strides[:, None]
-    return jnp.concatenate([anchor_points - ltrb[..., :2] * s, anchor_points + ltrb[..., 2:] * s], -1)
-
-
-def cxcywh_to_xyxy_pixels(boxes_cxcywh: jax.Array, img_hw: tuple[int, int]) -> jax.Array:
-    """Normalised ``cxcywh (..., 4)`` -> ``xyxy (..., 4)`` pixels for an image of ``img_hw``."""
-    h, w = img_hw
-    cx, cy, bw, bh = (boxes_cxcywh[..., i] for i in range(4))
-    return jnp.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], -1)
+# assigner(pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes, gt_mask, *, topk, alpha, beta, eps)
+Assigner = Callable[..., Assignment]
 
 
 def _bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -87,6 +65,7 @@ def detection_loss(
     alpha: float = 1.0,
     beta: float = 6.0,
     eps: float = 1e-9,
+    assigner: Assigner = task_aligned_assign,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The notebook's YOLOv11 loss on a padded batch.
 
@@ -102,6 +81,11 @@ def detection_loss(
       reg_max, strides: the head's DFL bins and level strides.
       cls_weight, box_weight, dfl_weight: the notebook's 0.5 / 7.5 / 1.5.
       topk, alpha, beta, eps: assigner options.
+      assigner: the label assignment, called as ``assigner(pred_scores (B,A,C), pred_bboxes
+        (B,A,4), anchor_points (A,2), gt_labels (B,M), gt_bboxes (B,M,4), gt_mask (B,M), *,
+        topk, alpha, beta, eps)`` with scores after sigmoid and boxes in xyxy pixels, and
+        returning an ``assign.Assignment``. Default: the spec, ``assign.task_aligned_assign``
+        (``assign_chunked.chunked_assigner(...)`` gives the same result by chunks).
 
     Returns:
       ``(total, parts)`` where ``parts`` has float32 scalars ``cls_loss``,
@@ -109,7 +93,7 @@ def detection_loss(
       (the notebook reports ``max(num_pos, 1)``; so does this), and ``num_fg``, the raw count.
     """
     img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    cls_logits, ltrb, raw, feat_sizes = flatten_predictions(predictions)
+    (cls_logits, ltrb, raw), feat_sizes = flatten_levels(predictions)
     b, a, c = cls_logits.shape
     if num_classes is not None and c != num_classes:
         raise ValueError(f"predictions have {c} classes, num_classes={num_classes}")
@@ -129,15 +113,12 @@ def detection_loss(
     raw = raw.astype(dtype)
     pred_bboxes = decode_ltrb(ltrb, anchors, anchor_strides)                  # (B, A, 4) px
     gt_mask = gt_mask.astype(bool)
-    gt_xyxy = cxcywh_to_xyxy_pixels(gt_boxes.astype(dtype), img_hw)            # (B, M, 4) px
+    gt_xyxy = cxcywh_to_xyxy(gt_boxes.astype(dtype), img_hw)                   # (B, M, 4) px
 
-    target_labels, target_bboxes, target_weight, fg = task_aligned_assign(
+    _, target_bboxes, target_scores, fg = assigner(
         jax.nn.sigmoid(cls_logits), pred_bboxes, anchors, gt_labels, gt_xyxy, gt_mask,
-        topk=topk, alpha=alpha, beta=beta, eps=eps, chunk_size=row_chunk_size(feat_sizes),
-        scores_per_anchor=True)
-    # The soft targets as a one-hot product, which XLA fuses into the BCE below.
-    target_scores = (jax.nn.one_hot(jnp.maximum(target_labels, 0), cls_logits.shape[-1], dtype=dtype)
-                     * target_weight[:, :, None])                               # (B, A, C)
+        topk=topk, alpha=alpha, beta=beta, eps=eps)
+    target_scores = target_scores.astype(dtype)                                 # (B, A, C)
     num_pos = jnp.sum(fg, dtype=jnp.int32)
     denom = jnp.maximum(num_pos, 1).astype(dtype)
 

@@ -4,15 +4,21 @@ and a cosine learning-rate schedule stepped once per epoch.
 ``torch.optim.AdamW(lr, weight_decay)`` and ``optax.adamw(lr, weight_decay=...)`` compute
 ``p * (1 - lr * wd) - lr * m_hat / (sqrt(v_hat) + eps)`` alike (betas 0.9 / 0.999, eps 1e-8);
 the notebook decays every parameter, BatchNorm scales and biases included, as ``optax.adamw``
-does without a mask.
+does without a mask. By default ``make_optimizer`` is the plain Optax chain
+``clip_by_global_norm -> adamw``.
 
-One quirk of the notebook's loop is reproduced: on a batch with no positive anchor at all,
-its loss never touches the regression branch (``reg_convs``, ``reg_pred``), so those
-parameters have ``.grad = None`` after ``zero_grad()``, and ``torch.optim.AdamW`` skips them:
-no step, no weight decay, no moment decay and no step count. The optimizer below keeps the
-regression branch in its own AdamW group (``param_group``), and ``skip_group`` restores that
-group's parameters and state when a step must skip it. With optax's single shared step
-count, updating it anyway would drift from the reference after the first such batch.
+``torch_compat=True`` (what the notebook recipe and the trajectory-parity test use) adds the
+two details that keep a run step for step equal to the notebook's PyTorch loop:
+
+* ``torch.nn.utils.clip_grad_norm_`` divides by ``norm + 1e-6``, ``optax.clip_by_global_norm``
+  by ``norm``;
+* on a batch with no positive anchor at all, the notebook's loss never touches the
+  regression branch (``reg_convs``, ``reg_pred``), so those parameters have ``.grad = None``
+  and ``torch.optim.AdamW`` skips them: no step, no weight decay, no moment decay and no step
+  count. The optimizer then keeps the regression branch in its own Adam state
+  (``param_group``), and the train step calls :func:`skip_group` to restore that group's
+  parameters and state on such a batch (with optax's single shared step count, updating it
+  anyway would drift from the reference after the first such batch).
 """
 
 from __future__ import annotations
@@ -95,27 +101,35 @@ def param_group(params):
 
 
 def make_optimizer(lr_fn, *, weight_decay: float = 0.05, clip_norm: float | None = 10.0,
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
-    """Clip (torch-style), then AdamW with the learning rate ``lr_fn(step)``.
+                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   torch_compat: bool = False) -> optax.GradientTransformation:
+    """Clip the global gradient norm at ``clip_norm`` (``None`` or 0: off), then AdamW with the
+    learning rate ``lr_fn(step)`` and decoupled weight decay on every parameter.
 
-    This is ``optax.adamw`` unrolled, ``scale_by_adam -> add_decayed_weights ->
-    scale_by_learning_rate``, with the Adam moments (and their step count) kept per
-    parameter group (``param_group``) so that ``skip_group`` can freeze one group, while the
-    learning-rate schedule counts every step, like ``CosineAnnealingLR``.
+    ``torch_compat=False``: ``optax.chain(optax.clip_by_global_norm, optax.adamw)``.
+    ``torch_compat=True``: the same update unrolled as a ``named_chain`` (``clip`` -> ``adam``
+    -> ``decay`` -> ``lr``) with torch's clipping and the Adam moments (and their step count)
+    kept per parameter group (``param_group``), so that :func:`skip_group` can freeze the
+    regression branch while the schedule counts every step, like ``CosineAnnealingLR``.
     """
+    clip = clip_norm is not None and clip_norm > 0
+    if not torch_compat:
+        adamw = optax.adamw(lr_fn, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+        return optax.chain(optax.clip_by_global_norm(clip_norm), adamw) if clip else adamw
     adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
-    parts = []
-    if clip_norm is not None and clip_norm > 0:
-        parts.append(clip_by_global_norm_like_torch(clip_norm))
-    parts += [optax.multi_transform({"main": adam, REG_GROUP: adam}, param_group),
-              optax.add_decayed_weights(weight_decay),
-              optax.scale_by_learning_rate(lr_fn)]
-    return optax.chain(*parts)
+    return optax.named_chain(
+        ("clip", clip_by_global_norm_like_torch(clip_norm) if clip else optax.identity()),
+        ("adam", optax.multi_transform({"main": adam, REG_GROUP: adam}, param_group)),
+        ("decay", optax.add_decayed_weights(weight_decay)),
+        ("lr", optax.scale_by_learning_rate(lr_fn)))
 
 
 def skip_group(skip, new_params, old_params, new_opt_state, old_opt_state, group: str = REG_GROUP):
     """Where ``skip`` (a bool scalar) is True, undo a step for one parameter group: its
-    parameters and its optimizer state (moments and step count) keep their old values."""
+    parameters and its optimizer state (moments and step count) keep their old values.
+    The optimizer state must come from ``make_optimizer(..., torch_compat=True)``."""
+    if not (isinstance(new_opt_state, dict) and isinstance(new_opt_state.get("adam"), optax.MultiTransformState)):
+        raise TypeError("skip_group needs the state of make_optimizer(..., torch_compat=True)")
 
     def pick(new, old):
         return jnp.where(skip, old, new)
@@ -123,9 +137,9 @@ def skip_group(skip, new_params, old_params, new_opt_state, old_opt_state, group
     params = jax.tree_util.tree_map_with_path(
         lambda path, new, old: pick(new, old) if is_regression_param(path) == (group == REG_GROUP) else new,
         new_params, old_params)
-    i = next(i for i, s in enumerate(new_opt_state) if isinstance(s, optax.MultiTransformState))
-    multi = new_opt_state[i]
+    multi = new_opt_state["adam"]
     inner = dict(multi.inner_states)
-    inner[group] = jax.tree.map(pick, multi.inner_states[group], old_opt_state[i].inner_states[group])
-    opt_state = (*new_opt_state[:i], multi._replace(inner_states=inner), *new_opt_state[i + 1:])
+    inner[group] = jax.tree.map(pick, multi.inner_states[group], old_opt_state["adam"].inner_states[group])
+    opt_state = type(new_opt_state)(new_opt_state)
+    opt_state["adam"] = multi._replace(inner_states=inner)
     return params, opt_state

@@ -153,9 +153,9 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
     """
     if jax.process_count() == 1:
         return
-    from jax._src import distributed  # the client that jax.distributed.initialize created
+    from orbax.checkpoint import multihost  # the client that jax.distributed.initialize created
 
-    client = distributed.global_state.client
+    client = multihost.get_jax_distributed_client()
     if client is None:
         raise RuntimeError("parallel.barrier: jax.distributed is not initialized")
     client.wait_at_barrier(f"yolo11_jax:{name}", timeout_in_ms=timeout_s * 1000)

@@ -42,9 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yolo11_jax.anchors import make_anchor_points
-
-STRIDES: tuple[int, int, int] = (8, 16, 32)
+from yolo11_jax.anchors import STRIDES, decode_ltrb, flatten_levels, make_anchor_points
 
 #: Ultralytics' ``max_nms``: default pre-NMS candidate cap (clamped to the anchor count).
 DEFAULT_MAX_CANDIDATES = 30000
@@ -67,21 +65,10 @@ def decode_predictions(predictions, *, strides: Sequence[int] = STRIDES) -> tupl
     """
     if len(predictions) != len(strides):
         raise ValueError(f"got {len(predictions)} levels for strides {tuple(strides)}")
-    feat_sizes = [tuple(level[0].shape[1:3]) for level in predictions]
+    (cls_logits, ltrb), feat_sizes = flatten_levels([level[:2] for level in predictions])
     anchor_points_xy, anchor_strides = make_anchor_points(feat_sizes, strides)  # (A,2), (A,) NumPy constants
-
-    cls_flat, ltrb_flat = [], []
-    for cls_logits, box_ltrb, *_ in predictions:
-        b, h, w, c = cls_logits.shape
-        cls_flat.append(jnp.reshape(cls_logits, (b, h * w, c)))
-        ltrb_flat.append(jnp.reshape(box_ltrb, (b, h * w, 4)))
-    cls_logits = jnp.concatenate(cls_flat, axis=1).astype(jnp.float32)  # (B,A,C)
-    ltrb = jnp.concatenate(ltrb_flat, axis=1).astype(jnp.float32)  # (B,A,4) grid units
-
-    ltrb_px = ltrb * anchor_strides[None, :, None]
-    x1y1 = anchor_points_xy[None] - ltrb_px[..., :2]
-    x2y2 = anchor_points_xy[None] + ltrb_px[..., 2:]
-    boxes_xyxy = jnp.concatenate([x1y1, x2y2], axis=-1)
+    boxes_xyxy = decode_ltrb(ltrb.astype(jnp.float32), anchor_points_xy, anchor_strides)  # (B,A,4) pixels
+    cls_logits = cls_logits.astype(jnp.float32)
     return boxes_xyxy, jax.nn.sigmoid(cls_logits)
 
 

@@ -40,11 +40,10 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from yolo11_jax import inference
+from yolo11_jax.data.sources import IMAGE_EXTENSIONS, open_image
 from yolo11_jax.data.transforms import letterbox as letterbox_image
 from yolo11_jax.data.transforms import letterbox_geometry, resize_plain
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-"""File name endings (case-insensitive) taken from a directory given as input."""
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -91,9 +90,7 @@ def collect_image_paths(inputs: Iterable[str | Path]) -> tuple[list[Path], list[
 
 def load_image(path: str | Path) -> Image.Image:
     """Decode an image file fully and convert it to RGB (raises on unreadable data)."""
-    with Image.open(path) as img:
-        img.load()
-        return img.convert("RGB")
+    return open_image(path)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -145,35 +142,7 @@ def class_name_list(num_classes: int, names: Sequence[str] | None = None) -> lis
     return [str(names[i]) if i < len(names) and names[i] is not None else str(i) for i in range(num_classes)]
 
 
-def detect_batch(graphdef, states, images: Sequence[np.ndarray], *, batch_size: int, img_size: int,
-                 conf_threshold: float, iou_threshold: float, max_det: int) -> list[dict[str, np.ndarray]]:
-    """Run :func:`~yolo11_jax.evaluate.predict_batch` on up to ``batch_size`` prepared images.
-
-    The batch is padded to exactly ``batch_size`` rows by repeating the last image
-    (so every call has the same shape); the padded rows are dropped. Returns one dict
-    per image with the valid detections only: ``boxes_xyxy (K, 4)`` in network-input
-    pixels, ``scores (K,)``, ``classes (K,)``, in decreasing score order.
-    """
-    import jax
-
-    from yolo11_jax.evaluate import predict_batch
-
-    n = len(images)
-    if not 0 < n <= batch_size:
-        raise ValueError(f"need 1..{batch_size} images, got {n}")
-    batch = np.stack(list(images) + [images[-1]] * (batch_size - n)).astype(np.float32)
-    det = jax.device_get(predict_batch(graphdef, states, batch, img_size=img_size,
-                                       conf_threshold=float(conf_threshold),
-                                       iou_threshold=float(iou_threshold), max_det=int(max_det)))
-    out = []
-    for row in range(n):
-        keep = np.asarray(det["valid"][row], bool) & (np.asarray(det["classes"][row]) >= 0)
-        scores = np.asarray(det["scores"][row], np.float64)[keep]
-        order = np.argsort(-scores, kind="stable")
-        out.append({"boxes_xyxy": np.asarray(det["boxes_xyxy"][row], np.float64)[keep][order],
-                    "scores": scores[order],
-                    "classes": np.asarray(det["classes"][row], np.int64)[keep][order]})
-    return out
+detect_batch = inference.detect_batch
 
 
 def detections_to_records(det: dict[str, np.ndarray], width: int, height: int, *, img_size: int,
@@ -193,7 +162,7 @@ def detect_images(graphdef, states, images: Sequence[Image.Image], *, img_size: 
                   max_det: int = 300) -> list[list[dict]]:
     """Detections of in-memory PIL images, in each image's original pixel coordinates.
 
-    ``graphdef`` must come from :func:`~yolo11_jax.evaluate.eval_graphdef`; ``states``
+    ``graphdef`` must come from :func:`~yolo11_jax.inference.eval_graphdef`; ``states``
     is a tuple of ``nnx.State`` that merge with it. Returns one list per image of
     ``{"box_xyxy", "score", "class_id", "class_name"}`` dicts sorted by score.
     """
@@ -263,64 +232,6 @@ def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
-def _weights_metadata_config(path: Path) -> dict:
-    """The training config stored in a ``.safetensors`` file's metadata by ``train.py`` ({} if none)."""
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-        cfg = json.loads(meta.get("config", "{}"))
-        return cfg if isinstance(cfg, dict) else {}
-    except Exception:  # noqa: BLE001 - metadata is only a source of defaults
-        return {}
-
-
-def check_sizes(ap: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[str]) -> None:
-    """``ap.error`` (status 2) unless each option in ``names`` that was given is >= 1, and
-    ``--img-size`` (if among them) a multiple of 32."""
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if "img_size" in names and args.img_size is not None and args.img_size % 32:
-        ap.error(f"--img-size must be a multiple of 32, got {args.img_size}")
-
-
-def run_config_and_weights(ap: argparse.ArgumentParser, run: Path | None,
-                           weights: Path | None) -> tuple[dict, Path]:
-    """``(training config, weights file)`` of ``--run DIR`` (its config.json and
-    weights.safetensors) or of ``--weights FILE`` (the config in its metadata, or {}).
-    Exits through ``ap.error`` (status 2) on a missing or unreadable file."""
-    if run is not None:
-        cfg_path = run / "config.json"
-        if not cfg_path.exists():
-            ap.error(f"{cfg_path} not found: is {run} a training run directory?")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except ValueError as e:
-            ap.error(f"{cfg_path} is not valid JSON: {e}")
-        weights = run / "weights.safetensors"
-        if not weights.exists():
-            ap.error(f"{weights} not found: the run has not finished (no final export)")
-        return cfg, weights
-    if not weights.exists():
-        ap.error(f"{weights} not found")
-    return _weights_metadata_config(weights), weights
-
-
-def _num_classes_from_weights(path: Path) -> int | None:
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="numpy") as f:
-            if "head.heads.0.cls_pred.bias" in f.keys():
-                return int(f.get_slice("head.heads.0.cls_pred.bias").get_shape()[0])
-    except Exception:  # noqa: BLE001
-        pass
-    return None
-
-
 def _output_names(paths: Sequence[Path]) -> list[str]:
     """``<stem>.png`` per path; repeated stems get ``_1``, ``_2``, ... so nothing is overwritten."""
     used: set[str] = set()
@@ -336,8 +247,6 @@ def _output_names(paths: Sequence[Path]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from yolo11_jax.presets import PRESETS
-
     ap = argparse.ArgumentParser(prog="python -m yolo11_jax.predict", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images", nargs="+", metavar="IMAGES",
@@ -346,23 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "given twice, are reported and counted as skipped)")
     ap.add_argument("--out", type=Path, required=True,
                     help="output directory for the annotated <stem>.png images and detections.json")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", type=Path, help="a training run directory (its weights.safetensors and config.json)")
-    src.add_argument("--weights", type=Path, help="a .safetensors weights file (the reference's key names)")
-    ap.add_argument("--model", choices=sorted(PRESETS),
-                    help="model preset (default: the run's; with --weights: the file's metadata, else 'small')")
-    ap.add_argument("--num-classes", type=int,
-                    help="number of classes (default: the run's, else read from the weights)")
+    inference.add_model_arguments(ap)
     ap.add_argument("--class-names", help="comma-separated class names (default: the run's, else the class ids)")
-    ap.add_argument("--img-size", type=int, help="network input size in pixels (default: the run's, else 640)")
-    ap.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
-                    help="resize keeping the aspect ratio with grey padding (default: as the run was trained; "
-                         "plain resize without a run config)")
-    ap.add_argument("--conf-threshold", type=float, default=0.25,
-                    help="keep detections with score above this (default: %(default)s)")
-    ap.add_argument("--iou-threshold", type=float, default=0.7,
-                    help="NMS: suppress same-class boxes overlapping more than this IoU (default: %(default)s)")
-    ap.add_argument("--max-det", type=int, default=300, help="at most this many detections per image (default: %(default)s)")
+    inference.add_nms_arguments(ap, conf_threshold=0.25)
     ap.add_argument("--batch-size", type=int, default=8,
                     help="images per forward pass; the last batch is padded (default: %(default)s)")
     return ap
@@ -382,21 +277,25 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    check_sizes(ap, args, ("batch_size", "max_det", "img_size", "num_classes"))
-    cfg, weights = run_config_and_weights(ap, args.run, args.weights)
-
-    model_name = args.model or cfg.get("model") or "small"
+    inference.check_sizes(ap, args, ("batch_size", "max_det", "img_size", "num_classes"))
+    paths, problems = collect_image_paths(args.images)
+    out_dir = args.out.resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        ap.error(f"--out {args.out} exists and is not a directory")
+    if any(p.resolve().parent == out_dir for p in paths):
+        ap.error(f"--out {args.out} holds input images: the annotated copies would replace them "
+                 "(choose another output folder)")
+    loaded = inference.load_model_for_cli(ap, args)
+    if loaded is None:
+        return 2
+    cfg, num_classes = loaded.config, loaded.num_classes
     img_size = args.img_size or cfg.get("img_size") or 640
     letterbox = bool(cfg.get("letterbox", False)) if args.letterbox is None else args.letterbox
-    num_classes = args.num_classes or cfg.get("num_classes") or _num_classes_from_weights(weights)
-    if not num_classes:
-        ap.error("cannot tell the number of classes: pass --num-classes")
-    names = [s.strip() for s in args.class_names.split(",")] if args.class_names else cfg.get("class_names")
+    names = [s.strip() for s in args.class_names.split(",")] if args.class_names else loaded.class_names
     if args.class_names and len(names) != num_classes:
         ap.error(f"--class-names gives {len(names)} names for {num_classes} classes")
     class_names = class_name_list(num_classes, names)
 
-    paths, problems = collect_image_paths(args.images)
     for msg in problems:
         _warn(msg)
     skipped = len(problems)
@@ -404,29 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"0 images, 0 detections, {skipped} skipped")
         print("error: no image could be read (no input images found)", file=sys.stderr)
         return 2
-    out_dir = args.out.resolve()
-    if out_dir.exists() and not out_dir.is_dir():
-        ap.error(f"--out {args.out} exists and is not a directory")
-    if any(p.resolve().parent == out_dir for p in paths):
-        ap.error(f"--out {args.out} holds input images: the annotated copies would replace them "
-                 "(choose another output folder)")
-
-    from flax import nnx
-
-    from yolo11_jax import convert
-    from yolo11_jax.evaluate import eval_graphdef
-    from yolo11_jax.presets import build_model
-
-    model = build_model(model_name, num_classes=num_classes, rngs=nnx.Rngs(0))
-    try:
-        convert.load_safetensors(weights, model)
-    except Exception as e:  # noqa: BLE001 - a corrupt file, or weights of another model / class count
-        print(f"error: cannot load {weights} into the {model_name!r} model with {num_classes} classes "
-              f"(check --model and --num-classes): {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    graphdef = eval_graphdef(model)
-    states = (nnx.state(model),)
-
+    graphdef, states = inference.eval_graphdef(loaded.model), inference.model_states(loaded.model)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -56,27 +56,18 @@ def make_loss_fn(graphdef, **loss_kwargs) -> Callable:
     return loss_fn
 
 
-def loss_and_grads(model: nnx.Module, batch: Batch, **loss_kwargs):
-    """One train-mode forward and backward: ``(parts, grads)``; grads is an ``nnx.State`` of
-    the model's Params. The model's BatchNorm statistics are updated in place."""
-    model.train()
-    graphdef, params, rest = split_model(model)
-    fn = jax.jit(jax.value_and_grad(make_loss_fn(graphdef, **loss_kwargs), has_aux=True))
-    (_, (parts, new_rest)), grads = fn(params, rest, batch)
-    nnx.update(model, new_rest)
-    return parts, grads
-
-
 def global_norm(tree) -> jax.Array:
     return optax.tree.norm(tree)
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, *, lr_fn: Callable | None = None,
-                    mesh: jax.sharding.Mesh | None = None, **loss_kwargs) -> Callable:
+                    mesh: jax.sharding.Mesh | None = None, torch_compat: bool = False, **loss_kwargs) -> Callable:
     """A jitted ``train_step(state, batch) -> (state, metrics)`` that donates ``state``.
 
-    ``tx`` must come from ``optim.make_optimizer``. As in the notebook's loop, a batch without
-    any positive anchor leaves the regression branch untouched (see ``optim``).
+    ``loss_kwargs`` go to ``loss.detection_loss`` (``img_size``, the weights, ``assigner``, ...).
+    With ``torch_compat`` (``tx`` from ``optim.make_optimizer(..., torch_compat=True)``), a
+    batch without any positive anchor leaves the regression branch untouched, as in the
+    notebook's loop (see ``optim``).
 
     ``metrics`` are device scalars: the loss parts, ``num_pos``, ``grad_norm``
     (before clipping), ``param_norm`` and, if ``lr_fn(step)`` is given, ``lr``.
@@ -99,7 +90,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, lr_fn: Callab
             state.params, state.rest, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        params, opt_state = skip_group(parts["num_fg"] == 0, params, state.params, opt_state, state.opt_state)
+        if torch_compat:
+            params, opt_state = skip_group(parts["num_fg"] == 0, params, state.params, opt_state, state.opt_state)
         metrics = dict(parts)
         metrics["grad_norm"] = global_norm(grads)
         metrics["param_norm"] = global_norm(params)

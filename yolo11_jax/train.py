@@ -1,17 +1,21 @@
-"""Train YOLOv11 with the notebook's recipe: ``python -m yolo11_jax.train``.
+"""Train YOLOv11: ``python -m yolo11_jax.train``.
 
-Reads top to bottom: configuration, data, model, optimizer, one jitted train step,
-the loop (logging every N steps, evaluation, checkpoints every epoch), final export.
+Reads top to bottom: configuration, data, model, optimizer, one jitted train step, then a
+loop over steps (logging every ``--log-every`` steps, evaluation and checkpoints every N
+epochs or steps), final export.
 
-Presets (``--preset``; every other option overrides the preset):
+Named configurations (``--config``; every other option overrides it; see ``configs.py``):
 
 * ``cpu`` (default): the embedded shapes dataset (4 classes, 128 px), the ``small``
-  network (notebook architecture at base width 16, 6.95M parameters), batch 16.
-  ``python -m yolo11_jax.train`` -- about 10 minutes on a 2-core CPU; see README for
-  the figures it reaches.
-* ``notebook``: the notebook's run: the full network (110.2M), 640 px, batch 4,
-  5 epochs, 32 images streamed from ``detection-datasets/coco`` (needs the Hub).
+  network (notebook architecture at base width 16), batch 16, 6 epochs. About 9 minutes on
+  a 2-core CPU; see the README for the figures it reaches.
+* ``notebook-coco``: the notebook's run: its network (110.2M), 640 px, batch 4, 5 epochs,
+  32 images streamed from ``detection-datasets/coco`` (needs the Hub).
 * ``smoke``: a seconds-long run of the tiny network, for tests and trying options.
+
+``--config`` names a training run, ``--model`` a network (``--model notebook`` is the
+notebook's network). The old spellings ``--preset`` and ``--eval-every`` still work, with a
+deprecation message.
 
 Data parallelism: the step runs on a ``jax.sharding.Mesh`` over all devices (``--devices``
 takes fewer), the global ``--batch-size`` split over them; BatchNorm statistics and the loss
@@ -36,7 +40,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -45,193 +49,89 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from yolo11_jax import convert, parallel, plots
+from yolo11_jax import config as C
+from yolo11_jax import convert, inference, parallel, plots
+from yolo11_jax.anchors import feature_sizes
+from yolo11_jax.assign_chunked import chunked_assigner
+from yolo11_jax.assign import task_aligned_assign
+from yolo11_jax.configs import CONFIGS, DEPRECATED_CONFIG_NAMES, DESCRIPTIONS, RENAMED_KEYS, TrainConfig, named_config
 from yolo11_jax.data import BatchLoader, build_dataset
-from yolo11_jax.evaluate import eval_graphdef, evaluate_examples
 from yolo11_jax.model import count_parameters
-from yolo11_jax.optim import SCHEDULES, make_optimizer, make_schedule
-from yolo11_jax.presets import PRESETS, build_model
+from yolo11_jax.optim import make_optimizer, make_schedule
+from yolo11_jax.presets import build_model
 from yolo11_jax.step import TrainState, make_train_step, split_model
 
 BATCH_KEYS = ("images", "boxes_cxcywh", "labels", "mask")
 LOSS_KEYS = ("total_loss", "cls_loss", "box_loss", "dfl_loss")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything needed to repeat a run (written to ``config.json``)."""
-
-    preset: str = "cpu"
-    model: str = "small"
-    data: str = "shapes"
-    split: str = "train"
-    val_data: Optional[str] = None          # default: same source as data
-    val_split: Optional[str] = "validation"  # None or '' disables evaluation
-    image_dir: Optional[str] = None
-    val_image_dir: Optional[str] = None     # default: image_dir, or guessed for a separate val_data json
-    bbox_format: Optional[str] = None
-    num_classes: Optional[int] = None       # default: from the data
-    class_names: Optional[list] = None
-    max_samples: Optional[int] = None
-    val_max_samples: Optional[int] = None
-    shapes_train_images: int = 2000
-    shapes_val_images: int = 200
-    shapes_img_size: int = 128
-    img_size: int = 128
-    letterbox: bool = False
-    batch_size: int = 16
-    max_boxes: int = 8
-    epochs: int = 6
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    clip_norm: float = 10.0
-    schedule: str = "epoch-cosine"
-    warmup_steps: int = 0
-    cls_weight: float = 0.5
-    box_weight: float = 7.5
-    dfl_weight: float = 1.5
-    topk: int = 13
-    seed: int = 0
-    log_every: int = 20
-    eval_every: int = 2                      # epochs; 0 = never
-    eval_batch_size: int = 32
-    keep_checkpoints: int = 3
-    workers: int = 2
-    run_dir: Optional[str] = None
-    dtype: str = "float32"
-    devices: Optional[int] = None            # default: all devices (of all processes)
-    coordinator_address: Optional[str] = None
-    num_processes: Optional[int] = None
-    process_id: Optional[int] = None
-
-
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {},
-    "notebook": dict(model="notebook", data="detection-datasets/coco", max_samples=32, val_split=None,
-                     img_size=640, batch_size=4, epochs=5, max_boxes=100, num_classes=80, log_every=2,
-                     eval_every=0),
-    "smoke": dict(model="tiny", shapes_train_images=64, shapes_val_images=16, shapes_img_size=64, img_size=64,
-                  batch_size=8, epochs=2, log_every=4, eval_batch_size=16),
-}
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
+# ----------------------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m yolo11_jax.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default=None,
-                    help="starting configuration (default: cpu; with --resume the run's saved configuration "
-                         "is the start instead)")
+    ap.add_argument("--config", default=None, metavar="NAME",
+                    help="named training configuration: " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items())
+                         + " (default: cpu; with --resume the run's saved configuration is the start instead)")
     ap.add_argument("--resume", type=Path, help="continue the run in this directory from its last checkpoint")
-    helps = {
-        "model": f"network size: {', '.join(f'{k} ({v.description})' for k, v in PRESETS.items())}",
-        "data": "training data: 'shapes' (embedded), a Hub name (e.g. detection-datasets/coco, streamed), "
-                "a save_to_disk folder, parquet files, a COCO instances_*.json, or a YOLO images/labels folder",
-        "split": "split of --data to train on",
-        "val_data": "validation data spec (default: --data)",
-        "val_split": "validation split; 'none' disables evaluation",
-        "image_dir": "image folder for a COCO .json --data file (default: guessed from the json's location)",
-        "val_image_dir": "image folder for a COCO .json --val-data file (default: guessed from its location; "
-                         "--image-dir when the validation split comes from --data)",
-        "bbox_format": "bbox convention of Hugging Face data: xywh (COCO pixels, the notebook's), xyxy, cxcywh_norm",
-        "num_classes": "number of classes (default: from the data)",
-        "max_samples": "use at most this many training images",
-        "val_max_samples": "evaluate at most this many images",
-        "shapes_train_images": "embedded dataset: training images",
-        "shapes_val_images": "embedded dataset: validation images",
-        "shapes_img_size": "embedded dataset: rendered image size",
-        "img_size": "network input size in pixels (multiple of 32); images are resized to it",
-        "letterbox": "resize keeping the aspect ratio with grey padding (default: plain resize, as the notebook)",
-        "batch_size": "images per step; the last partial batch of an epoch is dropped",
-        "max_boxes": "ground-truth boxes per image after padding (more are dropped with a warning)",
-        "epochs": "training epochs",
-        "lr": "peak AdamW learning rate",
-        "weight_decay": "AdamW decoupled weight decay (all parameters, as the notebook)",
-        "clip_norm": "global gradient-norm clipping (0 disables)",
-        "schedule": "epoch-cosine (the notebook's CosineAnnealingLR stepped per epoch), step-cosine, constant",
-        "warmup_steps": "linear learning-rate warmup steps",
-        "cls_weight": "classification loss weight",
-        "box_weight": "CIoU loss weight",
-        "dfl_weight": "DFL loss weight",
-        "topk": "TAL anchors per box",
-        "seed": "seed for initialisation and shuffling",
-        "log_every": "steps between host reads of the metrics (log lines, progress bar, NaN check)",
-        "eval_every": "evaluate COCO mAP on the validation split every N epochs (0: never)",
-        "eval_batch_size": "batch size for evaluation",
-        "keep_checkpoints": "checkpoints kept (the newest)",
-        "workers": "background threads preparing batches",
-        "run_dir": "output directory (default: runs/<time>; give the same one to every process)",
-        "dtype": "compute dtype of the convolutions and attention: float32, or bfloat16 (mixed precision: "
-                 "parameters, BatchNorm statistics, loss and assigner stay float32; recommended on GPU)",
-        "devices": "use the first N devices for data parallelism (default: all; the batch size must be "
-                   "divisible by N)",
-        "coordinator_address": "multi-process: HOST:PORT of process 0's coordinator (env JAX_COORDINATOR_ADDRESS)",
-        "num_processes": "multi-process: number of processes (env JAX_NUM_PROCESSES)",
-        "process_id": "multi-process: this process's index, 0 .. N-1 (env JAX_PROCESS_ID)",
-    }
-    skip = {"preset", "class_names"}
-    for field in dataclasses.fields(TrainConfig):
-        if field.name in skip:
-            continue
-        default = TrainConfig.__dataclass_fields__[field.name].default
-        kind = {"int": int, "float": float, "str": str}.get(str(field.type).replace("Optional[", "").rstrip("]"), str)
-        if field.type == "bool":
-            ap.add_argument(_flag(field.name), action=argparse.BooleanOptionalAction, default=None,
-                            help=f"{helps[field.name]} (cpu preset: {default})")
-        else:
-            kw = {"schedule": dict(choices=SCHEDULES), "dtype": dict(choices=sorted(DTYPES))}.get(field.name, {})
-            ap.add_argument(_flag(field.name), type=kind, default=None,
-                            help=f"{helps[field.name]} (cpu preset: {default})", **kw)
+    C.add_arguments(ap, TrainConfig, default_label="cpu config")
+    ap.add_argument("--preset", default=None, metavar="NAME", help="deprecated spelling of --config")
+    ap.add_argument("--eval-every", type=int, default=None, metavar="N",
+                    help="deprecated spelling of --eval-every-epochs")
     return ap
 
 
+def _deprecated(args: argparse.Namespace, warn=C.warn_stderr) -> None:
+    """Map the deprecated spellings onto the current options, with a message each."""
+    if args.preset is not None:
+        name = DEPRECATED_CONFIG_NAMES.get(args.preset, args.preset)
+        warn(f"--preset is deprecated: use --config {name}"
+             + (f" (the notebook's run; --model {args.preset} is its network)" if name != args.preset else ""))
+        if args.config is not None and args.config != name:
+            raise ValueError(f"--preset {args.preset} and --config {args.config} disagree")
+        args.config = name
+    if args.eval_every is not None:
+        warn("--eval-every is deprecated: use --eval-every-epochs")
+        if args.eval_every_epochs is None:
+            args.eval_every_epochs = args.eval_every
+
+
 def _overrides(args: argparse.Namespace) -> dict:
-    """The configuration fields given on the command line (``'none'`` as ``--val-split``: None)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-              if getattr(args, f.name, None) is not None and f.name != "preset"}
+    """The configuration fields given on the command line (``--val-split none``: no evaluation)."""
+    values = C.given(args, TrainConfig)
     if isinstance(values.get("val_split"), str) and values["val_split"].lower() in ("", "none"):
         values["val_split"] = None
     return values
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    preset = args.preset or "cpu"
-    return TrainConfig(**{**TRAIN_PRESETS[preset], "preset": preset, **_overrides(args)})
+    """The configuration a command line asks for (without ``--resume``)."""
+    return named_config(args.config or "cpu", **_overrides(args))
+
+
+def resumed_config(run_dir: Path, args: argparse.Namespace, warn=C.warn_stderr) -> TrainConfig:
+    """The saved configuration of ``run_dir`` with the command line's overrides on top."""
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        raise ValueError(f"--resume: {cfg_path} not found")
+    saved = C.from_dict(TrainConfig, json.loads(cfg_path.read_text()), renamed=RENAMED_KEYS, warn=warn)
+    if args.config is not None and args.config != saved.config:
+        raise ValueError(f"--config {args.config} with --resume: the run was started with config {saved.config!r}, "
+                         "and resuming continues its saved configuration (override single options instead)")
+    overrides = _overrides(args)
+    if overrides:
+        warn(f"resume: overriding {sorted(overrides)}")
+    return dataclasses.replace(saved, **overrides, run_dir=str(run_dir))
 
 
 def check_config(cfg: TrainConfig) -> None:
-    problems = []
-    if cfg.img_size % 32:
-        problems.append(f"--img-size must be a multiple of 32, got {cfg.img_size}")
-    for name in ("batch_size", "max_boxes", "epochs", "log_every", "eval_batch_size", "keep_checkpoints",
-                 "topk", "shapes_train_images", "shapes_img_size"):
-        if getattr(cfg, name) < 1:
-            problems.append(f"{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("eval_every", "workers", "warmup_steps", "clip_norm", "weight_decay", "shapes_val_images"):
-        if getattr(cfg, name) < 0:
-            problems.append(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
-    for name in ("max_samples", "val_max_samples", "num_classes"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            problems.append(f"{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.lr <= 0:
-        problems.append(f"--lr must be > 0, got {cfg.lr}")
-    if cfg.img_size < 32:
-        problems.append(f"--img-size must be >= 32, got {cfg.img_size}")
-    if cfg.dtype not in DTYPES:
-        problems.append(f"--dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
-    if cfg.devices is not None and cfg.devices < 1:
-        problems.append(f"--devices must be >= 1, got {cfg.devices}")
-    if cfg.model not in PRESETS:
-        problems.append(f"--model must be one of {sorted(PRESETS)}, got {cfg.model!r}")
+    """Every option's check (see ``configs.TrainConfig``); one ``ValueError`` listing all problems."""
+    problems = C.validate(cfg)
     if problems:
         raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -260,7 +160,7 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, like: TrainState, step: int 
     return out.state, out.meta
 
 
-# ----------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------- helpers
 
 def _run_name() -> str:
     """``YYYYmmdd-HHMMSS`` of process 0, so that every process writes to the same run directory."""
@@ -300,11 +200,39 @@ def _mean_metrics(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def _assigner(cfg: TrainConfig):
+    if cfg.assigner == "dense":
+        return task_aligned_assign
+    return chunked_assigner(feature_sizes((cfg.img_size, cfg.img_size)),
+                            method="sparse" if cfg.assigner == "chunked-sparse" else "dense")
+
+
+def batches_from(loader: BatchLoader, step: int) -> Iterator[dict]:
+    """The training batches from global step ``step`` on: epoch ``step // len(loader)``, from its
+    batch ``step % len(loader)``, then the following epochs (deterministic in seed and epoch)."""
+    epoch, first = divmod(step, len(loader))
+    while True:
+        yield from loader.epoch(epoch, start_batch=first)
+        epoch, first = epoch + 1, 0
+
+
+def _due(done: int, every_steps: int, every_epochs: int, steps_per_epoch: int, total: int) -> bool:
+    """Whether something scheduled every N steps / every N epochs falls after step ``done``;
+    always after the last step."""
+    if done == total:
+        return True
+    if every_steps and done % every_steps == 0:
+        return True
+    return bool(every_epochs) and done % (every_epochs * steps_per_epoch) == 0
+
+
+# ----------------------------------------------------------------------------- the run
+
 def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True,
-          stop_after_epochs: int | None = None) -> dict:
+          stop_after_steps: int | None = None) -> dict:
     """Run training; returns a summary dict. Raises ``NonFiniteLossError`` if the loss diverges.
 
-    ``stop_after_epochs`` ends this call after that many epochs (checkpoint written), as an
+    ``stop_after_steps`` ends this call after that many steps (a checkpoint written), as an
     interruption would; ``resume=run_dir`` continues it.
     """
     check_config(cfg)
@@ -335,7 +263,8 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         f"{train_data.stats.summary()}")
     val_data = None
     val_spec = cfg.val_data or cfg.data
-    if cfg.val_split and cfg.eval_every > 0:
+    evaluation = bool(cfg.val_split) and bool(cfg.eval_every_epochs or cfg.eval_every_steps)
+    if evaluation:
         val_data = build_dataset(val_spec, split=cfg.val_split, num_classes=cfg.num_classes,
                                  img_size=cfg.img_size, letterbox=cfg.letterbox, max_samples=cfg.val_max_samples,
                                  bbox_format=cfg.bbox_format, image_dir=_val_image_dir(cfg),
@@ -355,42 +284,43 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
                          letterbox=cfg.letterbox, num_workers=cfg.workers, stats=train_data.stats,
                          rows=parallel.process_rows(cfg.batch_size))
     steps_per_epoch = len(loader)
+    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
     if primary:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
 
     # ---- model, optimizer, step
     model = build_model(cfg.model, num_classes=cfg.num_classes, dtype=DTYPES[cfg.dtype], rngs=nnx.Rngs(cfg.seed))
-    eval_gd = eval_graphdef(model)
+    eval_gd = inference.eval_graphdef(model)
     model.train()
     graphdef, params, rest = split_model(model)
     log(f"model: {cfg.model}, {count_parameters(model):,} parameters, {cfg.num_classes} classes, "
-        f"{cfg.img_size}px, {cfg.dtype}; {steps_per_epoch} steps/epoch x {cfg.epochs} epochs; "
+        f"{cfg.img_size}px, {cfg.dtype}; {total_steps} steps ({steps_per_epoch} per epoch); "
         f"batch {cfg.batch_size} over {mesh.devices.size} {mesh.devices.flat[0].platform} device(s)"
         + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
-    lr_fn = make_schedule(cfg.lr, schedule=cfg.schedule, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                          warmup_steps=cfg.warmup_steps)
-    tx = make_optimizer(lr_fn, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm)
+    lr_fn = make_schedule(cfg.lr, schedule=cfg.schedule, epochs=total_steps / steps_per_epoch,
+                          steps_per_epoch=steps_per_epoch, warmup_steps=cfg.warmup_steps)
+    tx = make_optimizer(lr_fn, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, torch_compat=cfg.torch_compat)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
     state = parallel.replicate(state, mesh)
-    train_step = make_train_step(graphdef, tx, lr_fn=lr_fn, mesh=mesh, img_size=cfg.img_size,
-                                 num_classes=cfg.num_classes,
-                                 cls_weight=cfg.cls_weight, box_weight=cfg.box_weight, dfl_weight=cfg.dfl_weight,
-                                 topk=cfg.topk)
+    train_step = make_train_step(graphdef, tx, lr_fn=lr_fn, mesh=mesh, torch_compat=cfg.torch_compat,
+                                 img_size=cfg.img_size, num_classes=cfg.num_classes, cls_weight=cfg.cls_weight,
+                                 box_weight=cfg.box_weight, dfl_weight=cfg.dfl_weight, topk=cfg.topk,
+                                 assigner=_assigner(cfg))
 
     parallel.barrier("setup")  # model init compiles per process; Orbax's next sync is a collective
     mngr = checkpoint_manager(run_dir, cfg.keep_checkpoints)
-    start_epoch, history = 0, []
+    start_step, history, evals, meta = 0, [], [], {}
     if resume is not None:
         state, meta = restore_checkpoint(mngr, state)
-        start_epoch, history = meta["epoch"], meta.get("history", [])
-        restored_step = int(parallel.to_host(state.step))
-        log(f"resumed {run_dir} at epoch {start_epoch}, step {restored_step}")
+        history, evals = meta.get("history", []), meta.get("evals", [])
+        start_step = int(parallel.to_host(state.step))
+        log(f"resumed {run_dir} at step {start_step} (epoch {start_step / steps_per_epoch:.2f})")
 
     metrics_file = None
     if primary:
         metrics_path = run_dir / "metrics.jsonl"
-        if resume is not None:  # drop the rows logged after the restored checkpoint (an interrupted epoch)
-            _truncate_metrics(metrics_path, restored_step)
+        if resume is not None:  # drop the rows logged after the restored checkpoint
+            _truncate_metrics(metrics_path, start_step)
         metrics_file = metrics_path.open("a" if resume is not None else "w")
 
     def write_metrics(row: dict) -> None:
@@ -398,114 +328,132 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
 
+    def evaluate(done: int) -> dict:
+        # On process 0's first device, from host copies of the replicated state.
+        eval_states = jax.device_put(parallel.to_host((state.params, state.rest)), jax.local_devices()[0])
+        res = inference.evaluate_examples(eval_gd, eval_states, val_data.examples, num_classes=cfg.num_classes,
+                                          img_size=cfg.img_size, batch_size=cfg.eval_batch_size,
+                                          letterbox=cfg.letterbox, class_names=cfg.class_names, progress=progress)
+        return dict(step=done, epoch=done / steps_per_epoch, mAP=res["mAP"], AP50=res["AP50"], AP75=res["AP75"])
+
     # ---- loop
+    end_step = total_steps if stop_after_steps is None else min(total_steps, start_step + stop_after_steps)
+    batches = batches_from(loader, start_step)
     compiled_step = None
     t_start = time.perf_counter()
-    end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
-    for epoch in range(start_epoch, end_epoch):
-        epoch_rows, pending = [], []
-        t_interval, n_interval = time.perf_counter(), 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                   dynamic_ncols=True, leave=True)
-        for i, batch in enumerate(loader.epoch(epoch)):
-            if epoch == start_epoch and i == 0 and primary:
-                plots.plot_sample_batch(batch["images"], batch["boxes_cxcywh"], batch["mask"], batch["labels"],
-                                        run_dir / "sample_batch.png", class_names=cfg.class_names)
-            device_batch = parallel.global_batch({k: batch[k] for k in BATCH_KEYS}, mesh)
-            if compiled_step is None:  # compile once, then every process starts stepping together
-                compiled_step = train_step.lower(state, device_batch).compile()
-                parallel.barrier("compiled")
-            state, metrics = compiled_step(state, device_batch)
-            pending.append(metrics)
-            n_interval += cfg.batch_size
-            if len(pending) == cfg.log_every or i == steps_per_epoch - 1:
-                host = parallel.to_host(pending)  # the only host sync: every log_every steps
-                bad = [r for r in host if not all(math.isfinite(float(r[k])) for k in LOSS_KEYS)]
-                if bad:
-                    if metrics_file is not None:
-                        metrics_file.close()
-                    step_now = int(parallel.to_host(state.step))
-                    last = mngr.latest_step()
-                    raise NonFiniteLossError(
-                        f"non-finite loss at epoch {epoch + 1}, within steps {step_now - len(pending) + 1}.."
-                        f"{step_now} ({ {k: float(bad[0][k]) for k in LOSS_KEYS} }). Training stopped; "
-                        + (f"the last good checkpoint (step {last}) in {run_dir / 'checkpoints'} is intact."
-                           if last is not None else "no checkpoint had been written yet."))
-                dt = time.perf_counter() - t_interval
-                row = _mean_metrics([{k: float(v) for k, v in r.items()} for r in host])
-                row.update(epoch=epoch + 1, step=int(parallel.to_host(state.step)),
-                           images_per_s=n_interval / dt)
-                write_metrics(dict(kind="interval", **row))
-                epoch_rows.extend(host)
-                bar.set_postfix(loss=f"{row['total_loss']:.3g}", cls=f"{row['cls_loss']:.3g}",
-                                box=f"{row['box_loss']:.3g}", dfl=f"{row['dfl_loss']:.3g}",
-                                img_s=f"{row['images_per_s']:.0f}")
-                bar.update(len(pending))
-                pending, t_interval, n_interval = [], time.perf_counter(), 0
-        bar.close()
+    pending = []                       # device metrics of the steps not yet read
+    epoch_rows = list(meta.get("epoch_rows", [])) if resume is not None else []  # host metrics, this epoch
+    t_interval, n_interval = time.perf_counter(), 0
+    bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not progress,
+               dynamic_ncols=True)
 
-        summary = _mean_metrics([{k: float(v) for k, v in r.items()} for r in epoch_rows])
-        summary.update(epoch=epoch + 1, step=int(parallel.to_host(state.step)),
-                       lr=float(lr_fn(epoch * steps_per_epoch)),
-                       elapsed_s=time.perf_counter() - t_start)
-        if primary and val_data is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            # On process 0's first device, from host copies of the replicated state.
-            eval_states = jax.device_put(parallel.to_host((state.params, state.rest)), jax.local_devices()[0])
-            res = evaluate_examples(eval_gd, eval_states, val_data.examples, num_classes=cfg.num_classes,
-                                    img_size=cfg.img_size, batch_size=cfg.eval_batch_size,
-                                    letterbox=cfg.letterbox, class_names=cfg.class_names, progress=progress)
-            summary.update(mAP=res["mAP"], AP50=res["AP50"], AP75=res["AP75"])
-        parallel.barrier(f"evaluated-{epoch}")  # process 0 may have evaluated alone; saving syncs next
-        history.append(summary)
-        write_metrics(dict(kind="epoch", **summary))
-        log(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
-            f"{k}={summary[k]:.4g}" for k in ("total_loss", "cls_loss", "box_loss", "dfl_loss", "num_pos", "lr")
-            if k in summary) + (f", mAP={summary['mAP']:.4f}, AP50={summary['AP50']:.4f}" if "mAP" in summary else ""))
-        save_checkpoint(mngr, state, {"epoch": epoch + 1, "history": history, "config": dataclasses.asdict(cfg)})
-        if primary:
-            plots.plot_loss_curves(history, run_dir / "loss_curves.png")
-            if any("mAP" in h for h in history):
-                plots.plot_map_curve(history, run_dir / "map_curve.png")
-        parallel.barrier(f"epoch-{epoch}")
+    def flush(done: int, epoch: int) -> None:
+        """Read the pending metrics (the only host sync of the loop), stop on a non-finite loss,
+        log an interval row."""
+        nonlocal pending, t_interval, n_interval
+        if not pending:
+            return
+        host = [{k: float(v) for k, v in r.items()} for r in parallel.to_host(pending)]
+        bad = [r for r in host if not all(math.isfinite(r[k]) for k in LOSS_KEYS)]
+        if bad:
+            if metrics_file is not None:
+                metrics_file.close()
+            last = mngr.latest_step()
+            raise NonFiniteLossError(
+                f"non-finite loss within steps {done - len(pending) + 1}..{done} (epoch {epoch}; "
+                f"{ {k: bad[0][k] for k in LOSS_KEYS} }). Training stopped; "
+                + (f"the last good checkpoint (step {last}) in {run_dir / 'checkpoints'} is intact."
+                   if last is not None else "no checkpoint had been written yet."))
+        row = _mean_metrics(host)
+        row.update(epoch=epoch, step=done, images_per_s=n_interval / (time.perf_counter() - t_interval))
+        write_metrics(dict(kind="interval", **row))
+        epoch_rows.extend(host)
+        bar.set_postfix(epoch=epoch, loss=f"{row['total_loss']:.3g}", cls=f"{row['cls_loss']:.3g}",
+                        box=f"{row['box_loss']:.3g}", dfl=f"{row['dfl_loss']:.3g}", img_s=f"{row['images_per_s']:.0f}")
+        bar.update(len(pending))
+        pending, t_interval, n_interval = [], time.perf_counter(), 0
 
+    for step in range(start_step, end_step):
+        batch = next(batches)
+        if step == start_step and primary:
+            plots.plot_sample_batch(batch["images"], batch["boxes_cxcywh"], batch["mask"], batch["labels"],
+                                    run_dir / "sample_batch.png", class_names=cfg.class_names)
+        device_batch = parallel.global_batch({k: batch[k] for k in BATCH_KEYS}, mesh)
+        if compiled_step is None:  # compile once, then every process starts stepping together
+            compiled_step = train_step.lower(state, device_batch).compile()
+            parallel.barrier("compiled")
+        state, metrics = compiled_step(state, device_batch)
+        pending.append(metrics)
+        n_interval += cfg.batch_size
+        done = step + 1
+        epoch = step // steps_per_epoch + 1                # the epoch this step belongs to, from 1
+        epoch_end = done % steps_per_epoch == 0 or done == total_steps
+        save = done == end_step or _due(done, cfg.checkpoint_every, cfg.checkpoint_every_epochs, steps_per_epoch,
+                                        total_steps)
+        if len(pending) == cfg.log_every or epoch_end or save:
+            flush(done, epoch)
+
+        summary = None
+        if epoch_end:
+            summary = _mean_metrics(epoch_rows)
+            summary.update(epoch=epoch, step=done, lr=float(lr_fn(done - 1)), elapsed_s=time.perf_counter() - t_start)
+            epoch_rows = []
+        if evaluation and _due(done, cfg.eval_every_steps, cfg.eval_every_epochs, steps_per_epoch, total_steps):
+            if primary:
+                result = evaluate(done)
+                evals.append(result)
+                write_metrics(dict(kind="eval", **result))
+                log(f"step {done} (epoch {done / steps_per_epoch:.2f}): mAP={result['mAP']:.4f}, "
+                    f"AP50={result['AP50']:.4f}")
+                if summary is not None:
+                    summary.update(mAP=result["mAP"], AP50=result["AP50"], AP75=result["AP75"])
+            parallel.barrier(f"evaluated-{done}")  # process 0 may have evaluated alone; saving syncs next
+        if summary is not None:
+            history.append(summary)
+            write_metrics(dict(kind="epoch", **summary))
+            log(f"epoch {epoch}: " + ", ".join(
+                f"{k}={summary[k]:.4g}" for k in ("total_loss", "cls_loss", "box_loss", "dfl_loss", "num_pos", "lr")))
+            if primary:
+                plots.plot_loss_curves(history, run_dir / "loss_curves.png")
+                if evals:
+                    plots.plot_map_curve(evals, run_dir / "map_curve.png")
+        if save:
+            save_checkpoint(mngr, state, {"step": done, "epoch": done / steps_per_epoch, "history": history,
+                                          "evals": evals, "epoch_rows": epoch_rows, "config": dataclasses.asdict(cfg)})
+            parallel.barrier(f"saved-{done}")
+    bar.close()
+
+    finished = end_step == total_steps
     if primary:
         metrics_file.close()
-        plots.plot_iou_variants(run_dir / "iou_variants.png")
-        nnx.update(model, *parallel.to_host((state.params, state.rest)))
-        convert.save_safetensors(model, run_dir / "weights.safetensors",
-                                 metadata={"config": json.dumps(dataclasses.asdict(cfg))})
-    result = dict(run_dir=str(run_dir), history=history, data_summary=train_data.stats.summary(),
+        if finished:
+            plots.plot_iou_variants(run_dir / "iou_variants.png")
+            nnx.update(model, *parallel.to_host((state.params, state.rest)))
+            convert.save_safetensors(model, run_dir / "weights.safetensors",
+                                     metadata={"config": json.dumps(dataclasses.asdict(cfg))})
+    result = dict(run_dir=str(run_dir), history=history, evals=evals, data_summary=train_data.stats.summary(),
                   val_data_summary=val_data.stats.summary() if val_data is not None else None,
-                  train_seconds=time.perf_counter() - t_start)
+                  train_seconds=time.perf_counter() - t_start, steps=end_step)
     log(f"training data: {train_data.stats.summary()}")
     if val_data is not None:
         log(f"validation data: {val_data.stats.summary()}")
-    if history and "mAP" in history[-1]:
-        log(f"final validation mAP@[.5:.95] {history[-1]['mAP']:.4f}, AP50 {history[-1]['AP50']:.4f}")
-    log(f"done in {result['train_seconds']:.0f}s: weights in {run_dir / 'weights.safetensors'}")
+    if evals:
+        log(f"final validation mAP@[.5:.95] {evals[-1]['mAP']:.4f}, AP50 {evals[-1]['AP50']:.4f}")
+    if finished:
+        log(f"done in {result['train_seconds']:.0f}s: weights in {run_dir / 'weights.safetensors'}")
+    else:
+        log(f"stopped after step {end_step} of {total_steps}: continue with --resume {run_dir}")
     return result
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.resume is not None:
-        cfg_path = args.resume / "config.json"
-        if not cfg_path.exists():
-            parser.error(f"--resume: {cfg_path} not found")
-        saved = json.loads(cfg_path.read_text())
-        if args.preset is not None and args.preset != saved.get("preset"):
-            parser.error(f"--preset {args.preset} with --resume: the run was started with preset "
-                         f"{saved.get('preset')!r}, and resuming continues its saved configuration "
-                         "(override single options instead)")
-        overrides = _overrides(args)
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        cfg = TrainConfig(**{**{k: v for k, v in saved.items() if k in known}, **overrides,
-                             "run_dir": str(args.resume)})
-        if overrides:
-            print(f"resume: overriding {sorted(overrides)}", file=sys.stderr)
-    else:
-        cfg = config_from_args(args)
+    try:
+        _deprecated(args)
+        cfg = resumed_config(args.resume, args) if args.resume is not None else config_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
     try:
         train(cfg, resume=args.resume)
     except NonFiniteLossError as e:

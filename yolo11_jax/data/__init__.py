@@ -17,7 +17,7 @@ the shared cleaning), :mod:`.transforms` (resize / letterbox), :mod:`.pipeline`
 (:class:`BatchLoader`), :mod:`.build` (spec resolution, :func:`build_dataset`).
 """
 
-from .build import DetectionData, build_dataset, guess_coco_image_dir, load_examples, resolve_spec
+from .build import DetectionData, ReadOptions, build_dataset, guess_coco_image_dir, load_examples, resolve_spec
 from .pipeline import BatchLoader
 from .shapes import SHAPES_CLASS_NAMES, SHAPES_FEATURES, make_shapes_dataset, render_shapes_image
 from .sources import (
@@ -48,6 +48,7 @@ __all__ = [
     "ExampleCleaner",
     "LETTERBOX_FILL",
     "LetterboxGeometry",
+    "ReadOptions",
     "SHAPES_CLASS_NAMES",
     "SHAPES_FEATURES",
     "boxes_to_xyxy_pixels",

@@ -129,106 +129,20 @@ def guess_coco_image_dir(annotation_json: Union[str, os.PathLike]) -> Path:
     )
 
 
-def _open(
-    spec: SourceSpec,
-    *,
-    split: str,
-    num_classes: Optional[int],
-    img_size: Optional[int],
-    letterbox: bool,
-    skip_empty: Optional[bool],
-    max_samples: Optional[int],
-    bbox_format: Optional[str],
-    image_dir: Optional[Union[str, os.PathLike]],
-    streaming: Optional[bool],
-    keep_raw_category_ids: bool,
-    shapes_num_images: Optional[int],
-    shapes_img_size: int,
-    shapes_seed: int,
-    cache_dir: Optional[str],
-    stats: DataStats,
-) -> tuple[Iterator[Example], Optional[list[str]], Optional[int]]:
-    """``(example iterator, class names or None, effective num_classes or None)``."""
-    kind = resolve_spec(spec)
-    common = dict(num_classes=num_classes, img_size=img_size, letterbox=letterbox, max_samples=max_samples, stats=stats)
-    if kind in ("coco_json", "yolo") and bbox_format not in (None, {"coco_json": "xywh", "yolo": "cxcywh_norm"}[kind]):
-        raise ValueError(f"bbox_format={bbox_format!r} does not apply to {kind} data ({str(spec)!r})")
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a data source is read, cleaned and resized (the options of :func:`build_dataset`).
 
-    if kind == "shapes":
-        ds = make_shapes_dataset(split, num_images=shapes_num_images, img_size=shapes_img_size, seed=shapes_seed, cache_dir=cache_dir)
-        names = list(SHAPES_CLASS_NAMES)
-        common["num_classes"] = num_classes if num_classes is not None else len(names)
-        it = hf_examples(ds, split=split, bbox_format="xywh", skip_empty=bool(skip_empty), **common)
-        return it, names, common["num_classes"]
-    if kind in ("hf_object", "hub", "hf_disk", "parquet"):
-        ds, name = open_hf_dataset(spec, split=split, streaming=streaming)
-        names = hf_class_names(ds)
-        if common["num_classes"] is None and names is not None:
-            common["num_classes"] = len(names)
-        it = hf_examples(
-            ds,
-            split=split,
-            bbox_format=bbox_format or "xywh",
-            skip_empty=True if skip_empty is None else skip_empty,
-            source_name=name,
-            **common,
-        )
-        return it, names, common["num_classes"]
-    if kind == "coco_json":
-        _, names = coco_categories(spec, keep_raw_category_ids=keep_raw_category_ids)
-        if common["num_classes"] is None:
-            common["num_classes"] = len(names)
-        img_dir = image_dir if image_dir is not None else guess_coco_image_dir(spec)
-        it = coco_json_examples(
-            spec, img_dir, keep_raw_category_ids=keep_raw_category_ids, skip_empty=bool(skip_empty), **common
-        )
-        return it, names, common["num_classes"]
-    if kind == "yolo":
-        names = yolo_class_names(spec)
-        if common["num_classes"] is None and names is not None:
-            common["num_classes"] = len(names)
-        it = yolo_txt_examples(spec, split, skip_empty=bool(skip_empty), **common)
-        return it, names, common["num_classes"]
-    raise AssertionError(kind)
-
-
-def load_examples(
-    source: SourceSpec = "shapes",
-    *,
-    split: str = "train",
-    num_classes: Optional[int] = None,
-    img_size: Optional[int] = None,
-    letterbox: bool = False,
-    skip_empty: Optional[bool] = None,
-    max_samples: Optional[int] = None,
-    bbox_format: Optional[str] = None,
-    image_dir: Optional[Union[str, os.PathLike]] = None,
-    streaming: Optional[bool] = None,
-    keep_raw_category_ids: bool = False,
-    shapes_num_images: Optional[int] = None,
-    shapes_img_size: int = 128,
-    shapes_seed: int = 0,
-    cache_dir: Optional[str] = None,
-    stats: Optional[DataStats] = None,
-    progress: bool = False,
-) -> tuple[list[Example], DataStats]:
-    """Read, clean and materialise a data source into memory.
-
-    Loading is eager, so bad data (a class id out of range, ...) raises here,
-    before any training step.
-
-    Args:
-      source: a spec string or ``datasets`` object (see the module docstring).
+    Attributes:
       split: split to read (``"train"``, ``"validation"``, ...).
-      num_classes: valid class ids are ``0..num_classes-1``; default: the number of
-        class names the source declares (shapes: 4, ClassLabel, COCO categories,
-        YOLO ``data.yaml``), else only negative ids are rejected.
-      img_size: resize every image once to ``img_size x img_size`` pixels and store
-        uint8 (recommended: the :class:`BatchLoader` then only normalises);
-        ``None`` keeps original sizes.
+      num_classes: valid class ids are ``0..num_classes-1``; default: the number of class
+        names the source declares (shapes: 4, ClassLabel, COCO categories, YOLO
+        ``data.yaml``), else only negative ids are rejected.
+      img_size: resize every image once to ``img_size x img_size`` pixels and store uint8
+        (the :class:`BatchLoader` then only normalises); ``None`` keeps original sizes.
       letterbox: pre-resize with letterbox instead of the plain resize.
-      skip_empty: drop images with no boxes. Default: ``True`` for Hugging Face
-        sources (the notebook), ``False`` for COCO json and YOLO folders.
+      skip_empty: drop images with no boxes. Default: ``True`` for Hugging Face sources (the
+        notebook), ``False`` for COCO json and YOLO folders.
       max_samples: keep at most this many examples (after cleaning).
       bbox_format: convention of Hugging Face ``objects.bbox`` (default ``"xywh"``).
       image_dir: image folder for a COCO json (default: guessed).
@@ -236,31 +150,73 @@ def load_examples(
       keep_raw_category_ids: COCO json: keep the raw category ids as labels.
       shapes_num_images, shapes_img_size, shapes_seed, cache_dir: forwarded to
         :func:`~yolo11_jax.data.shapes.make_shapes_dataset` for ``"shapes"``.
-      stats: counters to update (a fresh :class:`DataStats` if ``None``).
-      progress: show a tqdm progress bar.
-
-    Returns:
-      ``(examples, stats)``.
     """
-    data = build_dataset(
-        source,
-        split=split,
-        num_classes=num_classes,
-        img_size=img_size,
-        letterbox=letterbox,
-        skip_empty=skip_empty,
-        max_samples=max_samples,
-        bbox_format=bbox_format,
-        image_dir=image_dir,
-        streaming=streaming,
-        keep_raw_category_ids=keep_raw_category_ids,
-        shapes_num_images=shapes_num_images,
-        shapes_img_size=shapes_img_size,
-        shapes_seed=shapes_seed,
-        cache_dir=cache_dir,
-        stats=stats,
-        progress=progress,
-    )
+
+    split: str = "train"
+    num_classes: Optional[int] = None
+    img_size: Optional[int] = 640
+    letterbox: bool = False
+    skip_empty: Optional[bool] = None
+    max_samples: Optional[int] = None
+    bbox_format: Optional[str] = None
+    image_dir: Optional[Union[str, os.PathLike]] = None
+    streaming: Optional[bool] = None
+    keep_raw_category_ids: bool = False
+    shapes_num_images: Optional[int] = None
+    shapes_img_size: int = 128
+    shapes_seed: int = 0
+    cache_dir: Optional[str] = None
+
+
+def _open(spec: SourceSpec, o: ReadOptions, stats: DataStats) -> tuple[Iterator[Example], Optional[list[str]], Optional[int]]:
+    """``(example iterator, class names or None, effective num_classes or None)``."""
+    kind = resolve_spec(spec)
+    common = dict(num_classes=o.num_classes, img_size=o.img_size, letterbox=o.letterbox, max_samples=o.max_samples,
+                  stats=stats)
+    if kind in ("coco_json", "yolo") and o.bbox_format not in (None, {"coco_json": "xywh", "yolo": "cxcywh_norm"}[kind]):
+        raise ValueError(f"bbox_format={o.bbox_format!r} does not apply to {kind} data ({str(spec)!r})")
+
+    if kind == "shapes":
+        ds = make_shapes_dataset(o.split, num_images=o.shapes_num_images, img_size=o.shapes_img_size,
+                                 seed=o.shapes_seed, cache_dir=o.cache_dir)
+        names = list(SHAPES_CLASS_NAMES)
+        common["num_classes"] = o.num_classes if o.num_classes is not None else len(names)
+        it = hf_examples(ds, split=o.split, bbox_format="xywh", skip_empty=bool(o.skip_empty), **common)
+        return it, names, common["num_classes"]
+    if kind in ("hf_object", "hub", "hf_disk", "parquet"):
+        ds, name = open_hf_dataset(spec, split=o.split, streaming=o.streaming)
+        names = hf_class_names(ds)
+        if common["num_classes"] is None and names is not None:
+            common["num_classes"] = len(names)
+        it = hf_examples(ds, split=o.split, bbox_format=o.bbox_format or "xywh",
+                         skip_empty=True if o.skip_empty is None else o.skip_empty, source_name=name, **common)
+        return it, names, common["num_classes"]
+    if kind == "coco_json":
+        _, names = coco_categories(spec, keep_raw_category_ids=o.keep_raw_category_ids)
+        if common["num_classes"] is None:
+            common["num_classes"] = len(names)
+        img_dir = o.image_dir if o.image_dir is not None else guess_coco_image_dir(spec)
+        it = coco_json_examples(spec, img_dir, keep_raw_category_ids=o.keep_raw_category_ids,
+                                skip_empty=bool(o.skip_empty), **common)
+        return it, names, common["num_classes"]
+    if kind == "yolo":
+        names = yolo_class_names(spec)
+        if common["num_classes"] is None and names is not None:
+            common["num_classes"] = len(names)
+        it = yolo_txt_examples(spec, o.split, skip_empty=bool(o.skip_empty), **common)
+        return it, names, common["num_classes"]
+    raise AssertionError(kind)
+
+
+def load_examples(source: SourceSpec = "shapes", *, img_size: Optional[int] = None, stats: Optional[DataStats] = None,
+                  progress: bool = False, **options) -> tuple[list[Example], DataStats]:
+    """Read, clean and materialise a data source into memory: ``(examples, stats)``.
+
+    Loading is eager, so bad data (a class id out of range, ...) raises here, before any
+    training step. ``options`` are :class:`ReadOptions` fields; unlike :func:`build_dataset`,
+    ``img_size`` defaults to ``None`` (original sizes).
+    """
+    data = build_dataset(source, img_size=img_size, stats=stats, progress=progress, **options)
     return data.examples, data.stats
 
 
@@ -285,60 +241,35 @@ class DetectionData:
     split: str
 
 
-def build_dataset(
-    spec: SourceSpec = "shapes",
-    *,
-    split: str = "train",
-    num_classes: Optional[int] = None,
-    img_size: Optional[int] = 640,
-    letterbox: bool = False,
-    skip_empty: Optional[bool] = None,
-    max_samples: Optional[int] = None,
-    bbox_format: Optional[str] = None,
-    image_dir: Optional[Union[str, os.PathLike]] = None,
-    streaming: Optional[bool] = None,
-    keep_raw_category_ids: bool = False,
-    shapes_num_images: Optional[int] = None,
-    shapes_img_size: int = 128,
-    shapes_seed: int = 0,
-    cache_dir: Optional[str] = None,
-    stats: Optional[DataStats] = None,
-    progress: bool = False,
-) -> DetectionData:
-    """Resolve ``spec``, read and clean it eagerly, pre-resized to ``img_size``.
+def build_dataset(spec: SourceSpec = "shapes", *, stats: Optional[DataStats] = None, progress: bool = False,
+                  **options) -> DetectionData:
+    """Resolve ``spec``, read and clean it eagerly, pre-resized to ``img_size`` (640 by default;
+    ``None`` keeps original sizes).
 
-    Same arguments as :func:`load_examples` except that ``img_size`` defaults to 640
-    (pass ``None`` to keep original sizes). Feed ``result.examples`` to
-    :class:`~yolo11_jax.data.BatchLoader` with the same ``img_size`` / ``letterbox``.
+    Args:
+      spec: a spec string or ``datasets`` object (see the module docstring).
+      stats: counters to update (a fresh :class:`DataStats` if ``None``).
+      progress: show a tqdm progress bar.
+      **options: :class:`ReadOptions` fields (``split``, ``num_classes``, ``img_size``, ...).
+        Feed ``result.examples`` to :class:`~yolo11_jax.data.BatchLoader` with the same
+        ``img_size`` / ``letterbox``.
 
     Returns:
       :class:`DetectionData` (examples, stats, class names, num_classes).
 
     Raises:
       ValueError: the spec is not understood (the message names it), a class id is
-        out of range, a split is missing, ...
+        out of range, a split is missing, an unknown option, ...
     """
+    try:
+        o = ReadOptions(**options)
+    except TypeError as e:
+        raise ValueError(f"build_dataset: {e}") from None
     stats = stats if stats is not None else DataStats()
-    it, names, n_cls = _open(
-        spec,
-        split=split,
-        num_classes=num_classes,
-        img_size=img_size,
-        letterbox=letterbox,
-        skip_empty=skip_empty,
-        max_samples=max_samples,
-        bbox_format=bbox_format,
-        image_dir=image_dir,
-        streaming=streaming,
-        keep_raw_category_ids=keep_raw_category_ids,
-        shapes_num_images=shapes_num_images,
-        shapes_img_size=shapes_img_size,
-        shapes_seed=shapes_seed,
-        cache_dir=cache_dir,
-        stats=stats,
-    )
-    examples = collect_examples(it, progress=progress, desc=f"loading {split}")
+    it, names, n_cls = _open(spec, o, stats)
+    examples = collect_examples(it, progress=progress, desc=f"loading {o.split}")
     if n_cls is None:
         n_cls = max((int(ex.labels.max()) + 1 for ex in examples if ex.num_boxes), default=1)
     spec_name = spec if isinstance(spec, str) else type(spec).__name__ if _is_hf_dataset(spec) else str(spec)
-    return DetectionData(examples=examples, stats=stats, class_names=names, num_classes=n_cls, spec=spec_name, split=split)
+    return DetectionData(examples=examples, stats=stats, class_names=names, num_classes=n_cls, spec=spec_name,
+                         split=o.split)

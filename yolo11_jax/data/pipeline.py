@@ -10,9 +10,7 @@ Usage::
 
 ``loader.epoch(e, start_batch=k)`` resumes in the middle of epoch ``e`` with
 exactly the batches an uninterrupted run would have seen. ``len(loader)`` is
-the number of batches per epoch. ``iter(loader)`` runs epoch
-``loader.next_epoch`` and advances that counter (convenient, but the explicit
-``epoch(e)`` is what makes resumption exact).
+the number of batches per epoch.
 """
 
 from __future__ import annotations
@@ -117,7 +115,6 @@ class BatchLoader:
         self.num_workers = num_workers
         self.prefetch = prefetch
         self.stats = stats if stats is not None else DataStats()
-        self.next_epoch = 0
         self.rows = slice(*(slice(None) if rows is None else rows).indices(batch_size))
         if self.rows.step != 1 or self.rows.stop <= self.rows.start:
             raise ValueError(f"rows must be a non-empty contiguous slice of range({batch_size}), got {rows}")
@@ -251,9 +248,3 @@ class BatchLoader:
             finally:  # consumer stopped early (break / exception): drop queued work
                 for fut in pending:
                     fut.cancel()
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        """Batches of epoch ``self.next_epoch``, then advance ``next_epoch`` by one."""
-        e = self.next_epoch
-        self.next_epoch += 1
-        return self.epoch(e)

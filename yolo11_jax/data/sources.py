@@ -56,6 +56,7 @@ BBOX_FORMATS: tuple[str, ...] = ("xywh", "xyxy", "cxcywh_norm")
 """
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+"""File endings (case-insensitive) read as images: by the YOLO-folder reader and by ``predict`` for a directory."""
 
 _CLIP_EPS_PX = 1e-3  # a coordinate moved by more than this counts as clipped
 
@@ -158,7 +159,7 @@ def _fits_image(xyxy: np.ndarray, width: int, height: int) -> np.ndarray:
     )
 
 
-def _open_image(obj: Any) -> Image.Image:
+def open_image(obj: Any) -> Image.Image:
     """Decode ``obj`` (PIL image, array, bytes, path or HF ``{'bytes', 'path'}`` dict) to loaded RGB."""
     if isinstance(obj, Image.Image):
         img = obj
@@ -325,7 +326,7 @@ class ExampleCleaner:
         self.check_labels(lab, source_id)
 
         try:
-            img = _open_image(image)
+            img = open_image(image)
         except Exception as err:  # noqa: BLE001 -- any decoding failure means "unreadable"
             self.warn_unreadable(source_id, err)
             return None
