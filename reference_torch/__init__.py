@@ -24,6 +24,11 @@ Deviations from the notebook (each a parameter whose default reproduces it):
   ``self.last_parts`` (tensors) for tests; the returned values are unchanged.
 * ``train_one_epoch(..., log_every=2, on_step=None, max_norm=10.0)``: printing
   interval and a per-step callback; defaults print as the notebook does.
+
+Beyond the notebook, ``reference_torch.yolo11`` holds Ultralytics' YOLO11 detection family
+(``YOLO11(scale, nc)``, scales n/s/m/l/x) written from its published architecture: its
+``state_dict`` keys are exactly those of an Ultralytics ``DetectionModel``, and ``forward``
+returns the same per-level triple as the notebook's ``YOLOv11``.
 """
 
 from reference_torch.model import (
@@ -39,11 +44,12 @@ from reference_torch.model import (
     YOLOv11,
     YOLOv11Backbone,
 )
+from reference_torch.yolo11 import YOLO11
 from reference_torch.loss import TaskAlignedAssigner, YOLOv11Loss, compute_iou
 from reference_torch.train import collate_fn, cosine_lr, train_one_epoch
 
 __all__ = [
     "Bottleneck", "C2PSA", "C3k2", "ConvBNSiLU", "DFLHead", "DetectionHead", "FPN", "PAN",
-    "SPPF", "YOLOv11", "YOLOv11Backbone", "TaskAlignedAssigner", "YOLOv11Loss", "compute_iou",
+    "SPPF", "YOLOv11", "YOLOv11Backbone", "YOLO11", "TaskAlignedAssigner", "YOLOv11Loss", "compute_iou",
     "collate_fn", "cosine_lr", "train_one_epoch",
 ]

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from yolo11_jax import model as M
-from tests.conftest import rel_err
+from tests.helpers import rel_err
 
 DN = ("NHWC", "HWIO", "NHWC")
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import reference_torch as R
 from yolo11_jax import YOLOv11, build_model, count_parameters, convert
 from yolo11_jax.model import jit_forward
-from tests.conftest import nchw, randomize_batchnorm, rel_err, to_nhwc
+from tests.helpers import nchw, randomize_batchnorm, rel_err, to_nhwc
 
 TOL = 1e-4
 OUTPUT_KINDS = ("cls_logits", "box_ltrb", "box_raw")

@@ -1,26 +1,46 @@
-"""Weight interop with the PyTorch reference (and the notebook's state dicts).
+"""Weight interop with the PyTorch references, the notebook's state dicts and Ultralytics.
 
-``load_state_dict(model, state_dict)`` fills an NNX ``YOLOv11`` in place from a
-PyTorch-style state dict (torch tensors or NumPy arrays, the notebook's key
-names); ``to_state_dict(model)`` goes the other way and its result loads into
-``reference_torch.YOLOv11`` with ``strict=True``. ``save_safetensors`` /
-``load_safetensors`` store the same keys in a ``.safetensors`` file.
+``load_state_dict(model, state_dict)`` fills an NNX ``YOLOv11`` (the notebook's network) or
+``YOLO11`` (Ultralytics' family) in place from a PyTorch-style state dict (torch tensors or
+NumPy arrays, the reference's key names: ``reference_torch.YOLOv11`` /
+``reference_torch.YOLO11``, the latter exactly Ultralytics' keys); ``to_state_dict(model)`` goes
+the other way and its result loads into the reference with ``strict=True``.
+``save_safetensors`` / ``load_safetensors`` store the same keys in a ``.safetensors`` file.
 
-The conversion is a table of leaf rules (``_LEAF_RULES``) plus one group rule
-for the packed attention projections. ``load_state_dict`` collects every
-missing key, unexpected key and shape mismatch before raising one error that
+The conversion is a table of leaf rules (``_LEAF_RULES``), plus one group rule for the
+notebook's packed attention projections and the frozen DFL constants (``model.torch_constants``:
+the notebook's ``head.heads.i.proj``, YOLO11's ``model.23.dfl.conv.weight``, both
+``arange(reg_max)``). Grouped and depthwise convolutions follow the same kernel rule
+(torch ``(O, I / groups, kh, kw)`` <-> ``(kh, kw, I / groups, O)``). ``load_state_dict``
+collects every missing key, unexpected key and shape mismatch before raising one error that
 lists them all.
+
+Fine-tuning: ``load_pretrained(model, state_dict)`` loads everything that fits and keeps the
+model's own (fresh) class-output layers when the checkpoint has another class count.
+Ultralytics checkpoints: ``load_ultralytics(path)`` reads a ``.pt`` without Ultralytics or torch
+and without running code from it (see ``ultralytics_pt``). As a command::
+
+    python -m yolo11_jax.convert yolo11n.pt --out yolo11n.safetensors
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import os
+import sys
 from typing import Any, Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from yolo11_jax.model import YOLOv11
+from yolo11_jax.model import YOLOv11, torch_constants
+from yolo11_jax.yolo11 import YOLO11
+
+Model = YOLOv11 | YOLO11
 
 NnxPath = tuple  # e.g. ('backbone', 'stem', 'conv', 'kernel')
 
@@ -66,7 +86,7 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.array(x, copy=True)
 
 
-def _owner_kind(model: YOLOv11, owner_path: NnxPath) -> str | None:
+def _owner_kind(model: Model, owner_path: NnxPath) -> str | None:
     node: Any = model
     for part in owner_path:
         node = node[part] if isinstance(node, nnx.List) else getattr(node, str(part))
@@ -77,7 +97,7 @@ def _owner_kind(model: YOLOv11, owner_path: NnxPath) -> str | None:
     return None
 
 
-def _flat_variables(model: YOLOv11) -> dict[NnxPath, nnx.Variable]:
+def _flat_variables(model: Model) -> dict[NnxPath, nnx.Variable]:
     return {tuple(path): var for path, var in nnx.to_flat_state(nnx.state(model))}
 
 
@@ -85,13 +105,14 @@ def _key(path: NnxPath) -> str:
     return ".".join(str(p) for p in path)
 
 
-def _torch_layout(model: YOLOv11) -> dict[str, tuple[NnxPath, Callable, Callable]]:
+def _torch_layout(model: Model) -> dict[str, tuple[NnxPath, Callable, Callable]]:
     """torch key -> (NNX path, nnx->torch fn, torch->nnx fn) for every plain leaf."""
+    packed = [tuple(path) for path, m in nnx.iter_modules(model) if isinstance(m, nnx.MultiHeadAttention)]
     table = {}
     for path in _flat_variables(model):
         owner, leaf = path[:-1], path[-1]
-        if "attn" in owner:
-            continue  # packed projections, handled as a group
+        if any(owner[:len(p)] == p for p in packed):
+            continue  # the notebook's packed attention projections, handled as a group
         kind = _owner_kind(model, owner)
         for rule_kind, nnx_leaf, torch_leaf, to_t, from_t in _LEAF_RULES:
             if rule_kind == kind and nnx_leaf == leaf:
@@ -102,16 +123,17 @@ def _torch_layout(model: YOLOv11) -> dict[str, tuple[NnxPath, Callable, Callable
     return table
 
 
-def _attn_modules(model: YOLOv11) -> dict[str, nnx.MultiHeadAttention]:
+def _attn_modules(model: Model) -> dict[str, nnx.MultiHeadAttention]:
     return {_key(path): m for path, m in nnx.iter_modules(model) if isinstance(m, nnx.MultiHeadAttention)}
 
 
-def to_state_dict(model: YOLOv11) -> dict[str, np.ndarray]:
-    """The model's weights and BatchNorm statistics under the notebook's torch key names.
+def to_state_dict(model: Model) -> dict[str, np.ndarray]:
+    """The model's weights and BatchNorm statistics under the reference's torch key names.
 
-    Returns NumPy arrays in torch layouts (OIHW convolutions, packed attention
-    ``in_proj_weight (3c, c)``), plus each head's frozen ``proj = arange(reg_max)``.
-    ``{k: torch.from_numpy(v) for k, v in ...}`` loads with ``strict=True``.
+    Returns NumPy arrays in torch layouts (OIHW convolutions, the notebook's packed attention
+    ``in_proj_weight (3c, c)``), plus the frozen DFL constants (``arange(reg_max)``).
+    ``{k: torch.from_numpy(v) for k, v in ...}`` loads into ``reference_torch.YOLOv11`` /
+    ``YOLO11`` with ``strict=True``.
     """
     flat = _flat_variables(model)
     out: dict[str, np.ndarray] = {}
@@ -125,67 +147,109 @@ def to_state_dict(model: YOLOv11) -> dict[str, np.ndarray]:
         out[f"{prefix}.in_proj_bias"] = np.concatenate(b, 0)
         out[f"{prefix}.out_proj.weight"] = np.array(np.asarray(attn.out.kernel[...]).reshape(c, c).T, order="C")
         out[f"{prefix}.out_proj.bias"] = np.asarray(attn.out.bias[...]).copy()
-    for i in range(len(model.head.heads)):
-        out[f"head.heads.{i}.proj"] = np.arange(model.reg_max, dtype=np.float32)
+    out.update(torch_constants(model))
     return dict(sorted(out.items()))
 
 
-def load_state_dict(model: YOLOv11, state_dict: Mapping[str, Any]) -> None:
+def load_state_dict(model: Model, state_dict: Mapping[str, Any]) -> None:
     """Fill ``model`` in place from a torch-style state dict.
 
     Args:
-      model: an NNX ``YOLOv11`` whose architecture matches the state dict.
-      state_dict: ``{torch key: tensor or array}`` as saved by the notebook's
-        ``YOLOv11`` or ``reference_torch.YOLOv11``.
+      model: an NNX ``YOLOv11`` or ``YOLO11`` whose architecture matches the state dict. It may
+        be abstract (``nnx.eval_shape(lambda: build_model(...))``): every variable is then
+        filled, without paying for a random initialisation.
+      state_dict: ``{torch key: tensor or array}`` as saved by the notebook's ``YOLOv11``,
+        ``reference_torch.YOLOv11`` / ``YOLO11``, or an Ultralytics ``DetectionModel``.
 
     Raises:
-      ValueError: listing every missing key, unexpected key, shape mismatch
-        and non-``arange`` DFL ``proj``, all at once.
+      ValueError: listing every missing key, unexpected key, shape mismatch and changed
+        frozen DFL constant, all at once.
     """
     given = {k: _to_numpy(v) for k, v in state_dict.items()}
-    expected = to_state_dict(model)
+    expected = torch_shapes(model)
+    problems = _fit_problems(model, given, expected)
+    if problems:
+        raise ValueError(f"state dict does not fit this {type(model).__name__} ({len(problems)} problems):\n  "
+                         + "\n  ".join(problems))
+    _assign(model, given)
+
+
+def torch_shapes(model: Model) -> dict[str, tuple[int, ...]]:
+    """``{torch key: shape}`` of ``to_state_dict(model)``, from the variables' shapes alone, so it
+    also works on an abstract model (``nnx.eval_shape``)."""
+    flat = _flat_variables(model)
+    shapes = {}
+    for torch_key, (path, to_t, _) in _torch_layout(model).items():
+        var = flat[path]
+        shapes[torch_key] = tuple(to_t(np.broadcast_to(np.zeros((), var.dtype), var.shape)).shape)
+    for prefix, attn in _attn_modules(model).items():
+        c = attn.in_features
+        shapes.update({f"{prefix}.in_proj_weight": (3 * c, c), f"{prefix}.in_proj_bias": (3 * c,),
+                       f"{prefix}.out_proj.weight": (c, c), f"{prefix}.out_proj.bias": (c,)})
+    shapes.update({k: tuple(v.shape) for k, v in torch_constants(model).items()})
+    return dict(sorted(shapes.items()))
+
+
+def _fit_problems(model: Model, given: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]],
+                  shape_ok: Callable[[str], bool] = lambda k: False) -> list[str]:
+    """Every missing key, unexpected key, shape mismatch (unless ``shape_ok(key)``) and changed
+    frozen constant."""
+    constants = torch_constants(model)
     problems = []
     for k in sorted(expected.keys() - given.keys()):
-        problems.append(f"missing key: {k} (expected shape {tuple(expected[k].shape)})")
+        problems.append(f"missing key: {k} (expected shape {expected[k]})")
     for k in sorted(given.keys() - expected.keys()):
         problems.append(f"unexpected key: {k} (shape {tuple(given[k].shape)})")
     for k in sorted(expected.keys() & given.keys()):
-        if tuple(given[k].shape) != tuple(expected[k].shape):
-            problems.append(f"shape mismatch: {k}: got {tuple(given[k].shape)}, "
-                            f"model expects {tuple(expected[k].shape)}")
-        elif k.endswith(".proj") and not np.array_equal(given[k], expected[k]):
-            problems.append(f"{k}: the DFL projection is frozen at arange({model.reg_max}); got {given[k]}")
-    if problems:
-        raise ValueError(f"state dict does not fit this YOLOv11 ({len(problems)} problems):\n  "
-                         + "\n  ".join(problems))
+        if tuple(given[k].shape) != expected[k]:
+            if not shape_ok(k):
+                problems.append(f"shape mismatch: {k}: got {tuple(given[k].shape)}, model expects {expected[k]}")
+        elif k in constants and not np.array_equal(given[k], constants[k]):
+            problems.append(f"{k}: the DFL projection is frozen at arange({model.reg_max}); "
+                            f"got {given[k].ravel()}")
+    return problems
 
+
+def _assign(model: Model, given: Mapping[str, np.ndarray], skip: frozenset[str] = frozenset()) -> None:
+    """Write every key of the layout except ``skip`` (all shapes already checked)."""
     flat = _flat_variables(model)
     for torch_key, (path, _, from_t) in _torch_layout(model).items():
+        if torch_key in skip:
+            continue
         var = flat[path]
-        var[...] = jnp.asarray(from_t(given[torch_key]), dtype=var[...].dtype)
+        _set(var, jnp.asarray(from_t(given[torch_key]), dtype=var.dtype))
     for prefix, attn in _attn_modules(model).items():
         c, heads = attn.in_features, attn.num_heads
         w_in, b_in = given[f"{prefix}.in_proj_weight"], given[f"{prefix}.in_proj_bias"]
         for i, part in enumerate(_ATTN_PARTS):
             proj = getattr(attn, part)
-            proj.kernel[...] = jnp.asarray(w_in[i * c:(i + 1) * c].T.reshape(c, heads, c // heads))
-            proj.bias[...] = jnp.asarray(b_in[i * c:(i + 1) * c].reshape(heads, c // heads))
-        attn.out.kernel[...] = jnp.asarray(given[f"{prefix}.out_proj.weight"].T.reshape(heads, c // heads, c))
-        attn.out.bias[...] = jnp.asarray(given[f"{prefix}.out_proj.bias"])
+            _set(proj.kernel, jnp.asarray(w_in[i * c:(i + 1) * c].T.reshape(c, heads, c // heads)))
+            _set(proj.bias, jnp.asarray(b_in[i * c:(i + 1) * c].reshape(heads, c // heads)))
+        _set(attn.out.kernel, jnp.asarray(given[f"{prefix}.out_proj.weight"].T.reshape(heads, c // heads, c)))
+        _set(attn.out.bias, jnp.asarray(given[f"{prefix}.out_proj.bias"]))
 
 
-def save_safetensors(model_or_state_dict: YOLOv11 | Mapping[str, Any], path: str,
+def _set(var: nnx.Variable, value: jax.Array) -> None:
+    """``var[...] = value``; on an abstract model (``nnx.eval_shape``) the value replaces the
+    placeholder."""
+    if isinstance(var.get_value(), jax.ShapeDtypeStruct):
+        var.set_value(value)
+    else:
+        var[...] = value
+
+
+def save_safetensors(model_or_state_dict: Model | Mapping[str, Any], path: str,
                      metadata: Mapping[str, str] | None = None) -> None:
-    """Write the torch-named weights to ``path`` (``.safetensors``)."""
+    """Write the torch-named weights to ``path`` (``.safetensors``); ``metadata`` values are strings."""
     from safetensors.numpy import save_file
 
-    sd = to_state_dict(model_or_state_dict) if isinstance(model_or_state_dict, YOLOv11) else {
+    sd = to_state_dict(model_or_state_dict) if isinstance(model_or_state_dict, nnx.Module) else {
         k: _to_numpy(v) for k, v in model_or_state_dict.items()}
     save_file({k: np.array(v, order="C") for k, v in sd.items()}, str(path),
               metadata=dict(metadata) if metadata else None)
 
 
-def load_safetensors(path: str, model: YOLOv11 | None = None) -> dict[str, np.ndarray]:
+def load_safetensors(path: str, model: Model | None = None) -> dict[str, np.ndarray]:
     """Read a ``.safetensors`` state dict; if ``model`` is given, also load it into the model."""
     from safetensors.numpy import load_file
 
@@ -193,3 +257,162 @@ def load_safetensors(path: str, model: YOLOv11 | None = None) -> dict[str, np.nd
     if model is not None:
         load_state_dict(model, sd)
     return sd
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+@dataclasses.dataclass
+class PretrainedReport:
+    """What ``load_pretrained`` did, as sorted torch keys. ``reinitialized`` are the class-branch
+    leaves whose shapes differ from the checkpoint's: they keep the model's own values, i.e. its
+    initialisation when the model was built fresh (as Ultralytics does when fine-tuning)."""
+
+    loaded: list[str]
+    reinitialized: list[str]
+    checkpoint_num_classes: int
+    model_num_classes: int
+
+    def summary(self) -> str:
+        """A few lines for a training log."""
+        lines = [f"loaded {len(self.loaded)} of {len(self.loaded) + len(self.reinitialized)} tensors from the checkpoint "
+                 f"({self.checkpoint_num_classes} classes) into the model ({self.model_num_classes} classes)"]
+        if self.reinitialized:
+            layers = sorted({k.rsplit(".", 1)[0] for k in self.reinitialized})
+            lines.append(f"re-initialised (class count differs) {len(self.reinitialized)} tensors in "
+                         f"{len(layers)} layers: "
+                         + ", ".join(layers))
+        return "\n".join(lines)
+
+
+def load_pretrained(model: Model, state_dict: Mapping[str, Any]) -> PretrainedReport:
+    """Load a checkpoint for fine-tuning, possibly trained on another number of classes.
+
+    Every tensor is loaded, except, when the checkpoint's class count differs from
+    ``model.num_classes``, the class-branch layers whose shapes depend on it: the last 1x1
+    convolution of each level's class branch (weight and bias) and, in yolo11n, whose class
+    branch is ``max(64, min(nc, 100))`` wide, the branch's hidden layers too (as in Ultralytics,
+    which loads only the tensors whose shapes fit). Those layers (a layer is a convolution or a
+    BatchNorm; all of its leaves) keep the values ``model`` has: build the model fresh with
+    ``build_model`` and they are its initialisation.
+
+    Args:
+      model: a ``YOLO11`` or ``YOLOv11``.
+      state_dict: torch-named tensors or arrays (``to_state_dict`` layout), e.g. from
+        ``ultralytics_pt.read_ultralytics`` or ``load_safetensors``.
+
+    Returns:
+      a ``PretrainedReport`` (``.summary()`` for the log).
+
+    Raises:
+      ValueError: listing every problem at once: missing or unexpected keys, a shape
+        mismatch outside the class branch, or one inside it while the class counts agree.
+    """
+    given = {k: _to_numpy(v) for k, v in state_dict.items()}
+    expected = torch_shapes(model)
+    out_prefix = model.class_output_prefixes()[0]
+    ckpt_classes = given.get(out_prefix + "bias")
+    ckpt_nc = int(ckpt_classes.shape[0]) if ckpt_classes is not None and ckpt_classes.ndim == 1 \
+        else model.num_classes
+    branch = model.class_branch_prefixes()
+
+    def reinit_ok(k: str) -> bool:
+        return ckpt_nc != model.num_classes and k.startswith(branch)
+
+    problems = _fit_problems(model, given, expected, shape_ok=reinit_ok)
+    if problems:
+        raise ValueError(f"checkpoint does not fit this {type(model).__name__} ({model.num_classes} classes) "
+                         f"({len(problems)} problems):\n  " + "\n  ".join(problems))
+    mismatched_layers = {k.rsplit(".", 1)[0] for k in expected.keys() & given.keys()
+                         if tuple(given[k].shape) != expected[k]}
+    reinitialized = sorted(k for k in expected if k.rsplit(".", 1)[0] in mismatched_layers)
+    _assign(model, given, skip=frozenset(reinitialized))
+    loaded = sorted(k for k in expected if k not in reinitialized)
+    return PretrainedReport(loaded=loaded, reinitialized=reinitialized, checkpoint_num_classes=ckpt_nc,
+                            model_num_classes=model.num_classes)
+
+
+# --------------------------------------------------------------------------- Ultralytics checkpoints
+
+
+def load_ultralytics(path: str | os.PathLike, *, dtype=None) -> tuple[YOLO11, dict]:
+    """An NNX ``YOLO11`` with the weights of an Ultralytics YOLO11 detection checkpoint.
+
+    Neither Ultralytics nor torch is needed, and no code from the file runs: the pickle is read
+    by ``ultralytics_pt.read_ultralytics``'s restricted unpickler (see there for what it accepts).
+    Both released weights (``"model"``) and training checkpoints (``last.pt`` / ``best.pt``,
+    ``"ema"``) load; FP16 weights become float32.
+
+    Args:
+      path: the ``.pt`` file.
+      dtype: compute dtype (``None``: float32; ``jnp.bfloat16`` for mixed precision).
+
+    Returns:
+      ``(model, info)``: the model in eval mode (``model.train()`` to fine-tune), and ``info``
+      with ``num_classes``, ``class_names``, ``scale``, ``preset``, ``weights_key`` ('model' or
+      'ema'), ``ultralytics_version``, ``epoch``, ``date``, ``file_dtype``, ``path``.
+
+    Raises:
+      ultralytics_pt.UltralyticsCheckpointError (a ValueError) when the file is not a YOLO11
+      detection checkpoint, names a class outside the allowed list, or its tensors do not fit.
+    """
+    from yolo11_jax.presets import build_model
+    from yolo11_jax.ultralytics_pt import UltralyticsCheckpointError, read_ultralytics
+
+    state_dict, info = read_ultralytics(path)
+    # Abstract construction: every variable is then set from the checkpoint.
+    model = nnx.eval_shape(lambda: build_model(info["preset"], num_classes=info["num_classes"], dtype=dtype,
+                                               rngs=nnx.Rngs(0)))
+    try:
+        load_state_dict(model, state_dict)
+    except ValueError as e:
+        raise UltralyticsCheckpointError(f"{path}: the tensors do not fit {info['preset']} with "
+                                         f"{info['num_classes']} classes: {e}") from None
+    model.eval()
+    return model, info
+
+
+def safetensors_metadata(preset: str, class_names: list[str], **extra: Any) -> dict[str, str]:
+    """The metadata ``python -m yolo11_jax.convert`` writes: ``model`` (preset name),
+    ``num_classes``, ``class_names`` (a JSON list), and any ``extra`` values as strings."""
+    meta = {"model": preset, "num_classes": str(len(class_names)), "class_names": json.dumps(list(class_names))}
+    meta.update({k: str(v) for k, v in extra.items() if v is not None})
+    return meta
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m yolo11_jax.convert",
+        description="Convert an Ultralytics YOLO11 detection checkpoint (.pt) to .safetensors with the "
+                    "reference's (= Ultralytics') key names, float32. Reads the file without Ultralytics or "
+                    "torch and without running code from it.")
+    ap.add_argument("checkpoint", help="the Ultralytics .pt file: released weights (yolo11n.pt ...) or a "
+                                       "training checkpoint (last.pt / best.pt)")
+    ap.add_argument("--out", help="output .safetensors path (default: the checkpoint's name with "
+                                  ".safetensors)")
+    ap.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = args.out or os.path.splitext(args.checkpoint)[0] + ".safetensors"
+    if os.path.exists(out) and not args.force:
+        print(f"error: {out} exists; pass --force to overwrite it", file=sys.stderr)
+        return 2
+    try:
+        model, info = load_ultralytics(args.checkpoint)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    meta = safetensors_metadata(info["preset"], info["class_names"], source=os.path.basename(args.checkpoint),
+                                ultralytics_version=info["ultralytics_version"])
+    save_safetensors(model, out, metadata=meta)
+    print(f"wrote {out}: {info['preset']}, {info['num_classes']} classes, weights from "
+          f"checkpoint[{info['weights_key']!r}] (Ultralytics {info['ultralytics_version'] or 'version unknown'}, "
+          f"{info['file_dtype']} in the file, float32 here)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

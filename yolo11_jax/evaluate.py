@@ -69,10 +69,11 @@ def main(argv=None) -> int:
                              shapes_num_images=cfg.get("shapes_val_images"), shapes_seed=cfg.get("seed", 0),
                              shapes_img_size=cfg.get("shapes_img_size", 128), progress=True)
         print(f"{data_spec!r} ({split}): {len(data.examples)} images; {data.stats.summary()}", file=sys.stderr)
+        # The model's class names (the run's, a .pt's), else the data's when they are as many.
+        names = next((n for n in (loaded.class_names, data.class_names) if n and len(n) == loaded.num_classes), None)
         results = evaluate_examples(inference.eval_graphdef(loaded.model), inference.model_states(loaded.model),
                                     data.examples, num_classes=loaded.num_classes, img_size=img_size,
-                                    batch_size=args.batch_size, letterbox=letterbox,
-                                    class_names=data.class_names or loaded.class_names,
+                                    batch_size=args.batch_size, letterbox=letterbox, class_names=names,
                                     conf_threshold=args.conf_threshold, iou_threshold=args.iou_threshold,
                                     max_det=args.max_det)
     except (ValueError, OSError) as e:

@@ -158,12 +158,13 @@ def _load_pt(path: Path, *, model_name: str | None, num_classes: int | None) -> 
         model, info = convert.load_ultralytics(path)
     except ValueError as e:
         raise WeightsError(str(e)) from None
-    if model_name is not None and model_name != info["model"]:
-        raise WeightsError(f"{path} holds a {info['model']} network, not {model_name!r} (drop --model)")
+    if model_name is not None and model_name != info["preset"]:
+        raise WeightsError(f"{path} holds a {info['preset']} network, not {model_name!r} (drop --model)")
     if num_classes is not None and num_classes != info["num_classes"]:
         raise WeightsError(f"{path} has {info['num_classes']} classes, not {num_classes} (drop --num-classes)")
-    cfg = {"model": info["model"], "num_classes": info["num_classes"], "class_names": info["class_names"]}
-    return LoadedModel(model, info["model"], info["num_classes"], info["class_names"], cfg, path)
+    model.train()  # (eval_graphdef switches modes itself)
+    cfg = {"model": info["preset"], "num_classes": info["num_classes"], "class_names": info["class_names"]}
+    return LoadedModel(model, info["preset"], info["num_classes"], info["class_names"], cfg, path)
 
 
 def add_model_arguments(ap, *, required: bool = True) -> None:
@@ -306,17 +307,14 @@ def evaluate_batches(graphdef, states, batches, *, num_classes: int, img_size: i
 def evaluate_examples(graphdef, states, examples, *, num_classes: int, img_size: int, batch_size: int = 16,
                       letterbox: bool = False, class_names: Sequence[str] | None = None,
                       conf_threshold: float = 0.001, iou_threshold: float = 0.7, max_det: int = 300,
-                      progress: bool = True) -> dict:
-    """:func:`evaluate_batches` over in-memory examples (every ground-truth box counts: the
-    padding size is the largest box count among them)."""
-    from yolo11_jax.data import BatchLoader
+                      progress: bool = True, workers: int = 0) -> dict:
+    """:func:`evaluate_batches` over a dataset (``data.eval_batches``: every example once, in
+    order; every ground-truth box counts)."""
+    from yolo11_jax.data import eval_batches
 
-    if not examples:
-        raise ValueError("evaluate: no examples to evaluate")
-    max_boxes = max(1, max(len(ex.labels) for ex in examples))
-    loader = BatchLoader(examples, batch_size=min(batch_size, len(examples)), img_size=img_size,
-                         max_boxes=max_boxes, shuffle=False, drop_last=False, letterbox=letterbox)
-    return evaluate_batches(graphdef, states, loader.epoch(0), total=len(loader), num_classes=num_classes,
+    batches, total = eval_batches(examples, batch_size=batch_size, img_size=img_size, letterbox=letterbox,
+                                  workers=workers)
+    return evaluate_batches(graphdef, states, batches, total=total, num_classes=num_classes,
                             img_size=img_size, class_names=class_names, conf_threshold=conf_threshold,
                             iou_threshold=iou_threshold, max_det=max_det, progress=progress)
 

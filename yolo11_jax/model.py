@@ -1,4 +1,6 @@
-"""The notebook's YOLOv11 network in Flax NNX, NHWC.
+"""The notebook's YOLOv11 network in Flax NNX, NHWC, and the building blocks it shares with
+Ultralytics' YOLO11 family (``yolo11.py``): ``ConvBNSiLU``, ``BatchNorm``, ``Bottleneck``,
+``split_chain`` (the C3k2 data flow), ``SPPF``, ``upsample2x`` and ``dfl_expectation``.
 
 The module tree mirrors ``reference_torch.YOLOv11`` attribute for attribute
 (``backbone.s1_c3k2.bottlenecks.0.cv1.conv``, ``head.heads.2.cls_convs.1.bn``,
@@ -17,7 +19,7 @@ PyTorch leaf           NNX leaf                    rule
 ``heads.i.proj``       (constant)                  must equal ``arange(reg_max)``
 =====================  ==========================  ===========================
 
-Differences from PyTorch that matter for parity (see PARITY_NOTES.md):
+Differences from PyTorch that matter for parity (see docs/parity.md):
 
 * Convolutions pad ``k // 2`` on every side explicitly; Flax's ``'SAME'`` pads
   stride-2 convolutions asymmetrically.
@@ -169,25 +171,39 @@ class BatchNorm(nnx.Module):
 
 
 class ConvBNSiLU(nnx.Module):
-    """Conv (no bias, pad k // 2) -> BatchNorm -> SiLU."""
+    """Conv (no bias, pad k // 2) -> BatchNorm -> SiLU; x (B, H, W, c_in) -> (B, H / s, W / s, c_out).
 
-    def __init__(self, c_in: int, c_out: int, k: int = 1, s: int = 1, *, rngs: nnx.Rngs):
+    ``groups`` splits the channels as ``nn.Conv2d(groups=...)`` does (``groups = c_in = c_out`` is
+    depthwise; the kernel is then (k, k, 1, c_out)); ``act=False`` leaves out the SiLU. The
+    BatchNorm has PyTorch's defaults (eps 1e-5, momentum 0.1); a network with other settings
+    changes them on its ``BatchNorm`` modules after construction.
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int = 1, s: int = 1, *, groups: int = 1, act: bool = True,
+                 rngs: nnx.Rngs):
         p = k // 2
         self.conv = nnx.Conv(
             c_in, c_out, kernel_size=(k, k), strides=(s, s), padding=((p, p), (p, p)),
-            use_bias=False, kernel_init=_torch_kernel_init, conv_general_dilated=conv_general_dilated, rngs=rngs,
+            feature_group_count=groups, use_bias=False, kernel_init=_torch_kernel_init,
+            conv_general_dilated=conv_general_dilated, rngs=rngs,
         )
         self.bn = BatchNorm(c_out)
+        self.act = act
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jax.nn.silu(self.bn(self.conv(x)))
+        y = self.bn(self.conv(x))
+        return jax.nn.silu(y) if self.act else y
 
 
 class Bottleneck(nnx.Module):
-    def __init__(self, c_in: int, c_out: int, shortcut: bool = True, e: float = 0.5, *, rngs: nnx.Rngs):
+    """Two ConvBNSiLU (kernels ``k``, hidden width ``int(c_out * e)``), plus the input when
+    ``shortcut`` and ``c_in == c_out``."""
+
+    def __init__(self, c_in: int, c_out: int, shortcut: bool = True, e: float = 0.5, *,
+                 k: tuple[int, int] = (3, 3), rngs: nnx.Rngs):
         c_hid = int(c_out * e)
-        self.cv1 = ConvBNSiLU(c_in, c_hid, 3, rngs=rngs)
-        self.cv2 = ConvBNSiLU(c_hid, c_out, 3, rngs=rngs)
+        self.cv1 = ConvBNSiLU(c_in, c_hid, k[0], rngs=rngs)
+        self.cv2 = ConvBNSiLU(c_hid, c_out, k[1], rngs=rngs)
         self.add = shortcut and c_in == c_out
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -208,10 +224,17 @@ class C3k2(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = list(jnp.split(self.cv1(x), 2, axis=-1))
-        for block in self.bottlenecks:
-            y.append(block(y[-1]))
-        return self.cv2(jnp.concatenate(y, axis=-1))
+        return split_chain(self.cv1, self.bottlenecks, self.cv2, x)
+
+
+def split_chain(cv1, blocks, cv2, x: jax.Array) -> jax.Array:
+    """The C2f / C3k2 data flow: split ``cv1(x)`` into two channel halves ``[a, b]``, apply the
+    blocks one after another starting from ``b``, keep every output, and return
+    ``cv2(concat([a, b, block_1(b), block_2(block_1(b)), ...]))``. x (B, H, W, C)."""
+    y = list(jnp.split(cv1(x), 2, axis=-1))
+    for block in blocks:
+        y.append(block(y[-1]))
+    return cv2(jnp.concatenate(y, axis=-1))
 
 
 def max_pool_same(x: jax.Array, k: int) -> jax.Array:
@@ -352,12 +375,24 @@ class DFLHead(nnx.Module):
         dtype = jnp.promote_types(c.dtype, jnp.float32)
         cls_logits = self.cls_pred(c).astype(dtype)
         box_raw = self.reg_pred(r).astype(dtype)
-        b, h, w, _ = box_raw.shape
-        # Channel index is side * reg_max + bin, as torch's view(B, 4, reg_max, H, W).
-        dist = jax.nn.softmax(box_raw.reshape(b, h, w, 4, self.reg_max), axis=-1)
-        proj = jnp.arange(self.reg_max, dtype=dtype)
-        box_ltrb = jnp.sum(dist * proj, axis=-1)
-        return cls_logits, box_ltrb, box_raw
+        return cls_logits, dfl_expectation(box_raw, self.reg_max), box_raw
+
+    def torch_constants(self) -> dict[str, np.ndarray]:
+        """The frozen values the PyTorch module holds as a parameter and this one computes:
+        ``{"proj": arange(reg_max)}`` (keys relative to this module)."""
+        return {"proj": np.arange(self.reg_max, dtype=np.float32)}
+
+
+def dfl_expectation(box_raw: jax.Array, reg_max: int) -> jax.Array:
+    """Distribution Focal Loss decoding: box_raw (B, H, W, 4 * reg_max) -> box_ltrb (B, H, W, 4),
+    the expected bin index (grid units) of the softmax over each side's ``reg_max`` bins.
+
+    The channel index is ``side * reg_max + bin``, as torch's ``view(B, 4, reg_max, H, W)``;
+    sides are (left, top, right, bottom)."""
+    b, h, w, _ = box_raw.shape
+    dist = jax.nn.softmax(box_raw.reshape(b, h, w, 4, reg_max), axis=-1)
+    proj = jnp.arange(reg_max, dtype=box_raw.dtype)
+    return jnp.sum(dist * proj, axis=-1)
 
 
 class DetectionHead(nnx.Module):
@@ -406,19 +441,15 @@ class YOLOv11(nnx.Module):
 
     def check_input(self, images) -> None:
         """Raise ``ValueError`` unless images are (B, H, W, in_channels) with H, W multiples of 32."""
-        shape = tuple(images.shape)
-        if len(shape) != 4:
-            raise ValueError(
-                f"YOLOv11 expects NHWC images of rank 4 (B, H, W, {self.in_channels}); got shape {shape}"
-            )
-        b, h, w, c = shape
-        if c != self.in_channels:
-            hint = " (NCHW input? transpose to NHWC)" if h == self.in_channels else ""
-            raise ValueError(
-                f"YOLOv11 expects {self.in_channels} channels in the last axis; got shape {shape}{hint}"
-            )
-        if h % 32 or w % 32 or h == 0 or w == 0:
-            raise ValueError(f"image height and width must be positive multiples of 32; got {h}x{w}")
+        check_nhwc_images(images, self.in_channels, "YOLOv11")
+
+    def class_output_prefixes(self) -> tuple[str, ...]:
+        """State-dict key prefixes of the class-output layers, one per level."""
+        return tuple(f"head.heads.{i}.cls_pred." for i in range(len(self.head.heads)))
+
+    def class_branch_prefixes(self) -> tuple[str, ...]:
+        """State-dict key prefixes of the layers whose shapes may depend on the class count."""
+        return self.class_output_prefixes()
 
     def __call__(self, images: jax.Array) -> list[LevelOutput]:
         self.check_input(images)
@@ -427,6 +458,20 @@ class YOLOv11(nnx.Module):
         p3, p4, p5 = self.fpn(p3, p4, p5)
         p3, p4, p5 = self.pan(p3, p4, p5)
         return self.head([p3, p4, p5])
+
+
+def check_nhwc_images(images, in_channels: int, name: str) -> None:
+    """Raise ``ValueError`` unless images are (B, H, W, in_channels) with H, W positive multiples
+    of 32 (the largest stride). ``name`` is the network's name in the message."""
+    shape = tuple(images.shape)
+    if len(shape) != 4:
+        raise ValueError(f"{name} expects NHWC images of rank 4 (B, H, W, {in_channels}); got shape {shape}")
+    b, h, w, c = shape
+    if c != in_channels:
+        hint = " (NCHW input? transpose to NHWC)" if h == in_channels else ""
+        raise ValueError(f"{name} expects {in_channels} channels in the last axis; got shape {shape}{hint}")
+    if h % 32 or w % 32 or h == 0 or w == 0:
+        raise ValueError(f"image height and width must be positive multiples of 32; got {h}x{w}")
 
 
 def set_compute_dtype(model: nnx.Module, dtype) -> nnx.Module:
@@ -447,12 +492,27 @@ def set_compute_dtype(model: nnx.Module, dtype) -> nnx.Module:
     return model
 
 
-def count_parameters(model: YOLOv11, *, notebook_style: bool = True) -> int:
-    """Number of parameters. ``notebook_style`` adds the 3 x reg_max frozen DFL ``proj``
-    values that the notebook's ``sum(p.numel() for p in model.parameters())`` counts."""
+def torch_constants(model: nnx.Module) -> dict[str, np.ndarray]:
+    """``{torch key: value}`` of every frozen value that the PyTorch network holds as a
+    parameter (``requires_grad=False``) and this one computes instead: the DFL projection
+    ``arange(reg_max)``, one per head in the notebook's network (``head.heads.i.proj``), one in
+    YOLO11 (``model.23.dfl.conv.weight``, shaped (1, reg_max, 1, 1))."""
+    out = {}
+    for path, module in nnx.iter_modules(model):
+        if hasattr(module, "torch_constants"):
+            prefix = "".join(f"{p}." for p in path)
+            out.update({prefix + k: v for k, v in module.torch_constants().items()})
+    return out
+
+
+def count_parameters(model: nnx.Module, *, notebook_style: bool = True) -> int:
+    """Number of parameters of ``YOLOv11`` or ``YOLO11``. ``notebook_style`` (the default) counts
+    as torch's ``sum(p.numel() for p in model.parameters())`` does, which the notebook and
+    Ultralytics report: the frozen DFL values (``torch_constants``) are included, 3 x reg_max
+    in the notebook's network and reg_max in YOLO11. Works on ``nnx.eval_shape`` models too."""
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     if notebook_style:
-        n += len(model.head.heads) * model.reg_max
+        n += sum(v.size for v in torch_constants(model).values())
     return n
 
 
@@ -463,8 +523,9 @@ def _pure_forward(graphdef, state, images):
     return out, nnx.state(model)
 
 
-def jit_forward(model: YOLOv11, images: jax.Array) -> list[LevelOutput]:
-    """``model(images)`` compiled with ``jax.jit`` (one compilation per shape and mode).
+def jit_forward(model: nnx.Module, images: jax.Array) -> list[LevelOutput]:
+    """``model(images)`` of a ``YOLOv11`` or ``YOLO11``, compiled with ``jax.jit`` (one
+    compilation per shape and mode).
 
     In train mode the updated BatchNorm statistics are written back into ``model``,
     exactly as the eager call does.

@@ -1,16 +1,15 @@
-"""Named network sizes. ``notebook`` is the notebook's exact network.
+"""Named network sizes, for ``build_model`` and ``--model``.
 
-Parameter counts (notebook-style, DFL ``proj`` included) and forward GFLOPs
-at 640x640, batch 1 (XLA cost analysis; a multiply-add counts as 2 FLOPs),
-as printed by ``python benchmarks/model_stats.py``:
+Two families:
 
-==========  =====  =====  ==============  ==============
-preset      base   depth  parameters      GFLOPs @ 640
-==========  =====  =====  ==============  ==============
-notebook    64     2      110,212,128     see README
-small       16     2      6,897,488       see README
-tiny        8      1      see README      see README
-==========  =====  =====  ==============  ==============
+* the notebook's network (``model.YOLOv11``): ``notebook`` is the notebook's exact network,
+  ``small`` and ``tiny`` are narrower and shallower versions of it for CPU training and tests;
+* Ultralytics' YOLO11 detectors (``yolo11.YOLO11``): ``yolo11n`` ... ``yolo11x``, the
+  architectures of the released ``yolo11{n,s,m,l,x}.pt`` weights (``convert.load_ultralytics``
+  reads those).
+
+Parameter counts and forward GFLOPs at 640x640 of every preset are printed by
+``python benchmarks/model_stats.py``.
 """
 
 from __future__ import annotations
@@ -20,16 +19,25 @@ import dataclasses
 from flax import nnx
 
 from yolo11_jax.model import YOLOv11
+from yolo11_jax.yolo11 import YOLO11
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelPreset:
+    """A named network size. The notebook family sets ``base`` (stem width) and ``depth``
+    (bottlenecks per C3k2); the YOLO11 family sets ``scale`` ('n' ... 'x')."""
+
     name: str
-    base: int
-    depth: int
+    base: int | None = None
+    depth: int | None = None
+    scale: str | None = None
     num_classes: int = 80
     reg_max: int = 16
     description: str = ""
+
+    @property
+    def family(self) -> str:
+        return "yolo11" if self.scale is not None else "notebook"
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -38,6 +46,11 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset("notebook", 64, 2, description="the notebook's network (110.2M parameters)"),
         ModelPreset("small", 16, 2, description="notebook architecture at base width 16, for CPU training"),
         ModelPreset("tiny", 8, 1, description="base 8, one bottleneck per C3k2; for tests"),
+        ModelPreset("yolo11n", scale="n", description="Ultralytics YOLO11n (2.6M parameters at 80 classes)"),
+        ModelPreset("yolo11s", scale="s", description="Ultralytics YOLO11s (9.5M parameters at 80 classes)"),
+        ModelPreset("yolo11m", scale="m", description="Ultralytics YOLO11m (20.1M parameters at 80 classes)"),
+        ModelPreset("yolo11l", scale="l", description="Ultralytics YOLO11l (25.4M parameters at 80 classes)"),
+        ModelPreset("yolo11x", scale="x", description="Ultralytics YOLO11x (57.0M parameters at 80 classes)"),
     ]
 }
 
@@ -50,10 +63,12 @@ def get_preset(name: str) -> ModelPreset:
 
 
 def build_model(preset: str | ModelPreset, *, num_classes: int | None = None, reg_max: int | None = None,
-                dtype=None, rngs: nnx.Rngs) -> YOLOv11:
-    """A ``YOLOv11`` of the preset's size, optionally with another class count and a compute
-    dtype (``jnp.bfloat16`` for mixed precision; see ``model.set_compute_dtype``)."""
+                dtype=None, rngs: nnx.Rngs) -> YOLOv11 | YOLO11:
+    """The preset's network (``YOLOv11`` or ``YOLO11``), optionally with another class count and a
+    compute dtype (``jnp.bfloat16`` for mixed precision; see ``model.set_compute_dtype``)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
-    return YOLOv11(num_classes if num_classes is not None else p.num_classes,
-                   reg_max if reg_max is not None else p.reg_max,
-                   base=p.base, depth=p.depth, dtype=dtype, rngs=rngs)
+    num_classes = num_classes if num_classes is not None else p.num_classes
+    reg_max = reg_max if reg_max is not None else p.reg_max
+    if p.family == "yolo11":
+        return YOLO11(p.scale, num_classes, reg_max, dtype=dtype, rngs=rngs)
+    return YOLOv11(num_classes, reg_max, base=p.base, depth=p.depth, dtype=dtype, rngs=rngs)
