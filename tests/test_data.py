@@ -17,8 +17,12 @@ import datasets
 from yolo11_jax import data as D
 from yolo11_jax.data import (
     SHAPES_CLASS_NAMES,
-    BatchLoader,
     DataStats,
+    TrainPipeline,
+    add_counts,
+    eval_batches,
+    stack_examples,
+    warn_max_boxes,
     Example,
     build_dataset,
     coco_json_examples,
@@ -423,8 +427,7 @@ def test_image_without_boxes_kept_or_skipped():
     assert [e.source_id for e in skipped] == ["dataset[0]"]
     assert stats.images_skipped_empty == 2
 
-    loader = BatchLoader(kept, batch_size=3, img_size=32, max_boxes=4, shuffle=False, num_workers=0)
-    (batch,) = list(loader.epoch(0))
+    batch = stack_examples(kept, img_size=32, max_boxes=4)
     assert batch["mask"][0].tolist() == [True, False, False, False]
     assert not batch["mask"][1].any() and not batch["mask"][2].any()
     assert np.all(batch["boxes_cxcywh"][1] == 0) and np.all(batch["labels"][1] == 0)
@@ -434,24 +437,22 @@ def test_more_boxes_than_max_boxes_warns_with_count():
     img = np.zeros((16, 16, 3), np.uint8)
     boxes = [[0.1 * (i + 1), 0.5, 0.05, 0.05] for i in range(5)]
     exs = [_ex(img, boxes, [0, 1, 2, 3, 4], sid="crowded.png"), _ex(img, boxes[:2], [0, 1])]
-    stats = DataStats()
     with pytest.warns(UserWarning, match=r"crowded\.png: 5 boxes > max_boxes=3.*dropping 2") as rec:
-        loader = BatchLoader(exs, batch_size=2, img_size=16, max_boxes=3, shuffle=False, stats=stats, num_workers=0)
+        assert warn_max_boxes(exs, 3) == (1, 2)
     assert sum("max_boxes" in str(w.message) for w in rec) == 1
-    assert stats.boxes_truncated_max_boxes == 2 and stats.examples_truncated_max_boxes == 1
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # iterating (any epoch) does not warn again
-        (batch,) = list(loader.epoch(0))
-        list(loader.epoch(1))
+        warnings.simplefilter("error")  # making batches does not warn again; it counts per sample
+        stats = DataStats()
+        for batch in TrainPipeline(exs, batch_size=2, img_size=16, max_boxes=3, seed=0).dataset(3):
+            add_counts(stats, batch)
+    assert stats.boxes_truncated_max_boxes == 3 * 2 and stats.examples_truncated_max_boxes == 3
+    batch = stack_examples(exs, img_size=16, max_boxes=3)
     np.testing.assert_array_equal(batch["labels"][0], [0, 1, 2])
-    # A second loader sharing the stats adds its own count once; its summary warning
-    # reports its own drops, not the running total.
     many = [_ex(img, boxes, [0, 1, 2, 3, 4], sid=f"c{i}.png") for i in range(25)]
     with pytest.warns(UserWarning) as rec:
-        BatchLoader(many, batch_size=2, img_size=16, max_boxes=3, stats=stats, num_workers=0)
+        warn_max_boxes(many, 3)
     assert len(rec) == 21  # 20 named examples, then one summary
     assert re.search(r"5 more examples .* \(truncated; 50 boxes dropped in total\)", str(rec[-1].message))
-    assert stats.boxes_truncated_max_boxes == 2 + 50 and stats.examples_truncated_max_boxes == 1 + 25
     np.testing.assert_allclose(batch["boxes_cxcywh"][0], np.asarray(boxes[:3], np.float32))
     assert batch["mask"][0].all() and batch["mask"][1].tolist() == [True, True, False]
 
@@ -510,22 +511,26 @@ def shape_examples(shapes_train):
     return exs
 
 
+def _epoch_indices(pipe, epoch, steps=None):
+    steps = pipe.steps_per_epoch if steps is None else steps
+    return np.concatenate([pipe.batch(epoch * pipe.steps_per_epoch + k)["example_index"] for k in range(steps)])
+
+
 def test_batches_fixed_shapes_and_dtypes(shape_examples):
-    loader = BatchLoader(shape_examples, batch_size=8, img_size=S, max_boxes=6, seed=0)
-    assert len(loader) == 5
-    batches = list(loader.epoch(0))
+    pipe = TrainPipeline(shape_examples, batch_size=8, img_size=S, max_boxes=6, seed=0)
+    assert pipe.steps_per_epoch == 5
+    batches = list(pipe.dataset(5))
     assert len(batches) == 5
     counts = set()
     for batch in batches:
-        assert batch["images"].shape == (8, S, S, 3) and batch["images"].dtype == np.float32
+        assert batch["images"].shape == (8, S, S, 3) and batch["images"].dtype == np.uint8  # uint8 on the host
         assert batch["boxes_cxcywh"].shape == (8, 6, 4) and batch["boxes_cxcywh"].dtype == np.float32
         assert batch["labels"].shape == (8, 6) and batch["labels"].dtype == np.int32
         assert batch["mask"].shape == (8, 6) and batch["mask"].dtype == np.bool_
-        assert 0.0 <= batch["images"].min() and batch["images"].max() <= 1.0
         counts.update(batch["mask"].sum(1).tolist())
         for row, i in enumerate(batch["example_index"]):
             ex = shape_examples[i]
-            np.testing.assert_array_equal(batch["images"][row], ex.image.astype(np.float32) / 255.0)
+            np.testing.assert_array_equal(batch["images"][row], ex.image)
             k = ex.num_boxes
             np.testing.assert_array_equal(batch["boxes_cxcywh"][row, :k], ex.boxes_cxcywh)
             np.testing.assert_array_equal(batch["labels"][row, :k], ex.labels)
@@ -535,46 +540,44 @@ def test_batches_fixed_shapes_and_dtypes(shape_examples):
 
 
 def test_deterministic_order(shape_examples):
-    def order(seed, epoch, **kw):
-        loader = BatchLoader(shape_examples, batch_size=8, img_size=S, seed=seed, **kw)
-        return np.concatenate([b["example_index"] for b in loader.epoch(epoch)])
+    """Every epoch is a permutation (a new one per epoch, a function of the seed), its last
+    partial batch dropped; the iterator gives the same batches as making them one by one."""
+    def pipe(seed):
+        return TrainPipeline(shape_examples, batch_size=8, img_size=S, seed=seed)
 
-    a = order(0, 3)
-    np.testing.assert_array_equal(a, np.random.default_rng([0, 3]).permutation(40))
-    np.testing.assert_array_equal(a, order(0, 3, num_workers=0))
-    assert not np.array_equal(a, order(0, 4))
-    assert not np.array_equal(a, order(1, 3))
-    np.testing.assert_array_equal(order(0, 3, shuffle=False), np.arange(40))
-    # resuming mid-epoch sees exactly the remaining batches, with identical contents
-    loader = BatchLoader(shape_examples, batch_size=8, img_size=S, seed=0)
-    full = list(loader.epoch(3))
-    resumed = list(loader.epoch(3, start_batch=2))
+    a = _epoch_indices(pipe(0), 3)
+    assert sorted(a.tolist()) == list(range(40))
+    np.testing.assert_array_equal(a, _epoch_indices(pipe(0), 3))
+    assert not np.array_equal(a, _epoch_indices(pipe(0), 4))
+    assert not np.array_equal(a, _epoch_indices(pipe(1), 3))
+    p = pipe(0)
+    via_iterator = np.concatenate([b["example_index"] for b in p.dataset(4 * 5)])
+    np.testing.assert_array_equal(via_iterator, np.concatenate([_epoch_indices(p, e) for e in range(4)]))
+    # the dataset from a later step sees exactly the remaining batches, with identical contents
+    full = list(p.dataset(20))
+    resumed = list(p.dataset(20, start_step=17))
     assert len(resumed) == 3
-    for b1, b2 in zip(full[2:], resumed):
+    for b1, b2 in zip(full[17:], resumed):
         for key in b1:
             np.testing.assert_array_equal(b1[key], b2[key])
 
 
-def test_drop_last_vs_padding(shape_examples):
-    exs = shape_examples[:10]
-    dropping = BatchLoader(exs, batch_size=4, img_size=S, seed=5)
-    assert len(dropping) == 2
-    seen = np.concatenate([b["example_index"] for b in dropping.epoch(0)])
-    perm = np.random.default_rng([5, 0]).permutation(10)
-    np.testing.assert_array_equal(seen, perm[:8])
-
-    padding = BatchLoader(exs, batch_size=4, img_size=S, seed=5, drop_last=False)
-    assert len(padding) == 3
-    batches = list(padding.epoch(0))
-    assert len(batches) == 3
+def test_last_partial_batch_dropped_and_evaluation_sees_every_example(shape_examples):
+    exs = [shape_examples[i] for i in range(10)]
+    pipe = TrainPipeline(exs, batch_size=4, img_size=S, seed=5)
+    assert pipe.steps_per_epoch == 2
+    seen = _epoch_indices(pipe, 0)
+    assert len(seen) == 8 and len(set(seen.tolist())) == 8
+    batches, n = eval_batches(exs, batch_size=4, img_size=S)
+    batches = list(batches)
+    assert n == len(batches) == 3
     last = batches[-1]
-    np.testing.assert_array_equal(last["example_index"], np.concatenate([perm[8:], perm[:2]]))
+    np.testing.assert_array_equal(last["example_index"], [8, 9, 0, 1])
     assert last["example_valid"].tolist() == [True, True, False, False]
     assert all(b["example_valid"].all() for b in batches[:2])
     assert last["images"].shape == (4, S, S, 3)
-    assert set(np.concatenate([b["example_index"] for b in batches]).tolist()) == set(range(10))
-    with pytest.raises(ValueError, match="batch_size"):
-        BatchLoader(exs, batch_size=16, img_size=S)
+    with pytest.raises(ValueError, match="batch size 16"):
+        TrainPipeline(exs, batch_size=16, img_size=S)
 
 
 def test_letterbox_geometry():
@@ -583,10 +586,9 @@ def test_letterbox_geometry():
     arr = np.zeros((100, 200, 3), np.uint8)
     arr[25:75, 50:150] = (255, 0, 0)
     ex = _ex(arr, [[0.5, 0.5, 0.5, 0.5]], [1], sid="wide.png")
-    loader = BatchLoader([ex], batch_size=1, img_size=100, max_boxes=2, letterbox=True, num_workers=0)
-    (batch,) = list(loader.epoch(0))
+    batch = stack_examples([ex], img_size=100, max_boxes=2, letterbox=True)
     np.testing.assert_allclose(batch["boxes_cxcywh"][0, 0], [0.5, 0.5, 0.5, 0.25], atol=1e-6)
-    img = batch["images"][0]
+    img = batch["images"][0].astype(np.float32) / 255
     grey = 114 / 255
     np.testing.assert_allclose(img[:25], grey, atol=1e-6)  # top bar
     np.testing.assert_allclose(img[75:], grey, atol=1e-6)  # bottom bar
@@ -595,24 +597,20 @@ def test_letterbox_geometry():
     np.testing.assert_allclose(img[int(y2) + 2, int(x2) + 2], [0, 0, 0], atol=0.02)  # outside: black
     np.testing.assert_allclose(img[50, 20], [0, 0, 0], atol=0.02)
     # plain resize (the notebook) keeps normalised boxes unchanged
-    plain = BatchLoader([ex], batch_size=1, img_size=100, max_boxes=2, num_workers=0)
-    (pbatch,) = list(plain.epoch(0))
+    pbatch = stack_examples([ex], img_size=100, max_boxes=2)
     np.testing.assert_allclose(pbatch["boxes_cxcywh"][0, 0], [0.5, 0.5, 0.5, 0.5], atol=1e-6)
-    np.testing.assert_allclose(pbatch["images"][0, 50, 50], [1, 0, 0], atol=0.02)
-    np.testing.assert_allclose(pbatch["images"][0, 10, 50], [0, 0, 0], atol=0.02)
-    expected = np.asarray(Image.fromarray(arr).resize((100, 100)), np.float32) / 255.0
-    np.testing.assert_array_equal(pbatch["images"][0], expected)  # exactly PIL's default resize
+    np.testing.assert_array_equal(pbatch["images"][0, 50, 50], [255, 0, 0])
+    np.testing.assert_array_equal(pbatch["images"][0], np.asarray(Image.fromarray(arr).resize((100, 100))))
 
 
-def test_pre_resize_matches_loader_resize(tmp_path):
+def test_pre_resize_matches_pipeline_resize(tmp_path):
     _write_yolo(tmp_path)
     for lb in (False, True):
         raw, _ = load_examples(str(tmp_path), img_size=None)
         pre, _ = load_examples(str(tmp_path), img_size=48, letterbox=lb)
         assert all(e.image.shape == (48, 48, 3) for e in pre)
-        kw = dict(batch_size=3, img_size=48, shuffle=False, letterbox=lb, num_workers=0)
-        (b_raw,) = list(BatchLoader(raw, **kw).epoch(0))
-        (b_pre,) = list(BatchLoader(pre, **kw).epoch(0))
+        b_raw = stack_examples(raw, img_size=48, max_boxes=4, letterbox=lb)
+        b_pre = stack_examples(pre, img_size=48, max_boxes=4, letterbox=lb)
         np.testing.assert_array_equal(b_raw["images"], b_pre["images"])
         np.testing.assert_allclose(b_raw["boxes_cxcywh"], b_pre["boxes_cxcywh"], atol=1e-6)
     # a letterboxed wide image has grey bars
@@ -624,8 +622,12 @@ def test_build_dataset_shapes_default():
     assert data.class_names == SHAPES_CLASS_NAMES and data.num_classes == 4
     assert len(data.examples) == 12 and data.stats.images_kept == 12
     assert all(e.image.shape == (S, S, 3) and e.image.dtype == np.uint8 for e in data.examples)
-    loader = BatchLoader(data.examples, batch_size=4, img_size=S, max_boxes=4)
-    assert sum(1 for _ in loader.epoch(0)) == 3
+    # the lazily rendered split has the pixels of the HF dataset make_shapes_dataset writes
+    ds = make_shapes_dataset("validation", num_images=12, img_size=128)
+    lazy = build_dataset(split="validation", shapes_num_images=12, img_size=None)
+    for i in (0, 11):
+        np.testing.assert_array_equal(lazy.examples[i].image, np.asarray(ds[i]["image"].convert("RGB")))
+    assert sum(1 for _ in TrainPipeline(data.examples, batch_size=4, img_size=S, max_boxes=4).dataset(3)) == 3
 
 
 def test_yolo_splits_are_never_mixed(tmp_path):
@@ -669,15 +671,9 @@ def test_hf_wrong_schema_is_an_error_not_empty_images():
     assert len(list(hf_examples(ds, objects_key="annotations", num_classes=1))) == 1
 
 
-def test_loader_rejects_a_bad_start_batch_and_names_a_bad_image():
+def test_pipeline_names_a_bad_image():
     img = np.zeros((16, 16, 3), np.uint8)
-    exs = [_ex(img, [[0.5, 0.5, 0.2, 0.2]], [0], sid=f"e{i}") for i in range(4)]
-    loader = BatchLoader(exs, batch_size=2, img_size=16, max_boxes=2, shuffle=False, num_workers=0)
-    assert len(list(loader.epoch(0, start_batch=1))) == 1 and not list(loader.epoch(0, start_batch=2))
-    for bad in (-1, 3):
-        with pytest.raises(ValueError, match=rf"start_batch must be in 0\.\.2 .* got {bad}"):
-            loader.epoch(0, start_batch=bad)
     grey = [_ex(np.zeros((16, 16), np.uint8), [[0.5, 0.5, 0.2, 0.2]], [0], sid="grey.png")] * 2
-    threaded = BatchLoader(grey, batch_size=2, img_size=16, max_boxes=2, num_workers=1)
     with pytest.raises(ValueError, match=r"grey\.png: image of shape \(16, 16\); expected \(H, W, 3\)"):
-        list(threaded.epoch(0))
+        list(TrainPipeline(grey, batch_size=2, img_size=16, max_boxes=2).dataset(1))
+    assert img.shape == (16, 16, 3)

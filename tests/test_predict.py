@@ -11,7 +11,7 @@ from PIL import Image
 
 from yolo11_jax import convert
 from yolo11_jax.data import SHAPES_CLASS_NAMES, render_shapes_image
-from yolo11_jax.data.pipeline import BatchLoader
+from yolo11_jax.data.pipeline import stack_examples
 from yolo11_jax.data.sources import Example
 from yolo11_jax.data.transforms import letterbox_boxes, letterbox_geometry
 from yolo11_jax.predict import (
@@ -101,10 +101,8 @@ def test_preprocess_matches_the_training_loader(letterbox):
     img = render_shapes_image(np.random.default_rng(1), 64)[0].resize((90, 50))
     ex = Example(image=np.asarray(img), boxes_cxcywh=np.zeros((0, 4), np.float32),
                  labels=np.zeros((0,), np.int32), source_id="x")
-    loader = BatchLoader([ex], batch_size=1, img_size=IMG_SIZE, shuffle=False, drop_last=False,
-                         letterbox=letterbox, num_workers=0)
-    expected = next(loader.epoch(0))["images"][0]
-    np.testing.assert_array_equal(preprocess_image(img, IMG_SIZE, letterbox), expected)
+    expected = stack_examples([ex], img_size=IMG_SIZE, max_boxes=1, letterbox=letterbox)["images"][0]
+    np.testing.assert_array_equal(preprocess_image(img, IMG_SIZE, letterbox), expected.astype(np.float32) / 255.0)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -12,7 +12,7 @@ mesh of size one.
 Multi-host: every process runs the same program. :func:`initialize_distributed` calls
 ``jax.distributed.initialize``; ``jax.devices()`` then lists the devices of all processes
 and the mesh spans them. Each process prepares only its rows of every global batch
-(``BatchLoader(rows=process_rows(batch_size))``), and :func:`global_batch` assembles the
+(``data.TrainPipeline``, sharded with ``grain.sharding.ShardByJaxProcess``), and :func:`global_batch` assembles the
 global array from the process-local rows with ``jax.make_array_from_process_local_data``.
 """
 
@@ -105,12 +105,6 @@ def check_batch_size(global_batch: int, mesh: Mesh, what: str = "--batch-size") 
                          f"mesh; use a multiple of {n}, e.g. {lo or hi} or {hi}")
     if global_batch % jax.process_count():
         raise ValueError(f"{what} {global_batch} is not divisible by the {jax.process_count()} processes")
-
-
-def process_rows(global_batch: int) -> slice:
-    """The rows of a global batch that this process prepares and feeds."""
-    per = global_batch // jax.process_count()
-    return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -1,30 +1,35 @@
-"""Data loading for YOLOv11 training: readers, cleaning, synthetic data and batching.
+"""Data for YOLOv11 training: readers, cleaning, synthetic data, augmentation and the Grain pipeline.
 
 Typical use::
 
-    from yolo11_jax.data import build_dataset, BatchLoader
+    from yolo11_jax.data import build_dataset, TrainPipeline, ULTRALYTICS
 
     train = build_dataset("shapes", split="train", img_size=128)   # or 'detection-datasets/coco', ...
-    print(train.stats.summary())
-    loader = BatchLoader(train.examples, batch_size=16, img_size=128, max_boxes=20, seed=0)
-    for epoch in range(num_epochs):
-        for batch in loader.epoch(epoch):
-            ...  # batch["images"] (B, S, S, 3) float32, batch["boxes_cxcywh"] (B, M, 4),
-                 # batch["labels"] (B, M) int32, batch["mask"] (B, M) bool
+    print(train.stats.summary())                                     # indexed: nothing decoded yet
+    pipe = TrainPipeline(train.examples, batch_size=16, img_size=128, max_boxes=20, seed=0,
+                         augment=ULTRALYTICS, workers=2)
+    for batch in pipe.dataset(total_steps):
+        ...  # batch["images"] (B, S, S, 3) uint8, batch["boxes_cxcywh"] (B, M, 4),
+             # batch["labels"] (B, M) int32, batch["mask"] (B, M) bool
 
-Modules: :mod:`.shapes` (embedded synthetic dataset), :mod:`.sources` (readers and
-the shared cleaning), :mod:`.transforms` (resize / letterbox), :mod:`.pipeline`
-(:class:`BatchLoader`), :mod:`.build` (spec resolution, :func:`build_dataset`).
+Modules: :mod:`.shapes` (embedded synthetic dataset), :mod:`.sources` (readers, the shared
+cleaning, the lazily decoded :class:`RecordSource`), :mod:`.transforms` (resize / letterbox),
+:mod:`.augment` (Ultralytics-style augmentation), :mod:`.pipeline` (the Grain pipeline),
+:mod:`.build` (spec resolution, :func:`build_dataset`).
 """
 
 from .build import DetectionData, ReadOptions, build_dataset, guess_coco_image_dir, load_examples, resolve_spec
-from .pipeline import BatchLoader
-from .shapes import SHAPES_CLASS_NAMES, SHAPES_FEATURES, make_shapes_dataset, render_shapes_image
+from .augment import ULTRALYTICS, Augment
+from .pipeline import TrainPipeline, add_counts, eval_batches, stack_examples, warn_max_boxes
+from .shapes import SHAPES_CLASS_NAMES, SHAPES_FEATURES, make_shapes_dataset, render_shapes_image, shapes_source
 from .sources import (
     BBOX_FORMATS,
     DataStats,
     Example,
     ExampleCleaner,
+    Record,
+    RecordSource,
+    UnreadableImageError,
     boxes_to_xyxy_pixels,
     coco_categories,
     coco_json_examples,
@@ -40,8 +45,18 @@ from .sources import (
 from .transforms import LETTERBOX_FILL, LetterboxGeometry, letterbox, letterbox_geometry, resize_plain
 
 __all__ = [
+    "Augment",
     "BBOX_FORMATS",
-    "BatchLoader",
+    "Record",
+    "RecordSource",
+    "TrainPipeline",
+    "ULTRALYTICS",
+    "UnreadableImageError",
+    "add_counts",
+    "eval_batches",
+    "shapes_source",
+    "stack_examples",
+    "warn_max_boxes",
     "DataStats",
     "DetectionData",
     "Example",

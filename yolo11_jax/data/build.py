@@ -28,11 +28,13 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
-from .shapes import SHAPES_CLASS_NAMES, make_shapes_dataset
+from .shapes import SHAPES_CLASS_NAMES, shapes_source
 from .sources import (
     DataStats,
+    ExampleCleaner,
+    RecordSource,
     Example,
     _is_hf_dataset,
     _is_save_to_disk_dir,
@@ -139,7 +141,7 @@ class ReadOptions:
         names the source declares (shapes: 4, ClassLabel, COCO categories, YOLO
         ``data.yaml``), else only negative ids are rejected.
       img_size: resize every image once to ``img_size x img_size`` pixels and store uint8
-        (the :class:`BatchLoader` then only normalises); ``None`` keeps original sizes.
+        (the input pipeline then only pads); ``None`` keeps original sizes.
       letterbox: pre-resize with letterbox instead of the plain resize.
       skip_empty: drop images with no boxes. Default: ``True`` for Hugging Face sources (the
         notebook), ``False`` for COCO json and YOLO folders.
@@ -148,8 +150,11 @@ class ReadOptions:
       image_dir: image folder for a COCO json (default: guessed).
       streaming: for Hub names / parquet (default: stream Hub names only).
       keep_raw_category_ids: COCO json: keep the raw category ids as labels.
-      shapes_num_images, shapes_img_size, shapes_seed, cache_dir: forwarded to
-        :func:`~yolo11_jax.data.shapes.make_shapes_dataset` for ``"shapes"``.
+      shapes_num_images, shapes_img_size, shapes_seed: the ``"shapes"`` split's size, image
+        side and seed (:func:`~yolo11_jax.data.shapes.shapes_source`, rendered lazily).
+      stream: a streamed source (a Hub name) without ``max_samples`` stays a stream
+        (:class:`~yolo11_jax.data.pipeline.StreamSource`, re-read every epoch) instead of being
+        read once into memory.
     """
 
     split: str = "train"
@@ -165,7 +170,7 @@ class ReadOptions:
     shapes_num_images: Optional[int] = None
     shapes_img_size: int = 128
     shapes_seed: int = 0
-    cache_dir: Optional[str] = None
+    stream: bool = False
 
 
 def _open(spec: SourceSpec, o: ReadOptions, stats: DataStats) -> tuple[Iterator[Example], Optional[list[str]], Optional[int]]:
@@ -177,17 +182,32 @@ def _open(spec: SourceSpec, o: ReadOptions, stats: DataStats) -> tuple[Iterator[
         raise ValueError(f"bbox_format={o.bbox_format!r} does not apply to {kind} data ({str(spec)!r})")
 
     if kind == "shapes":
-        ds = make_shapes_dataset(o.split, num_images=o.shapes_num_images, img_size=o.shapes_img_size,
-                                 seed=o.shapes_seed, cache_dir=o.cache_dir)
         names = list(SHAPES_CLASS_NAMES)
         common["num_classes"] = o.num_classes if o.num_classes is not None else len(names)
-        it = hf_examples(ds, split=o.split, bbox_format="xywh", skip_empty=bool(o.skip_empty), **common)
+        cleaner = ExampleCleaner(bbox_format="xywh", num_classes=common["num_classes"], skip_empty=bool(o.skip_empty),
+                                 stats=stats)
+        it = shapes_source(o.split, o.shapes_num_images, o.shapes_img_size, o.shapes_seed, cleaner=cleaner,
+                           resize_to=o.img_size, letterbox=o.letterbox, max_samples=o.max_samples)
         return it, names, common["num_classes"]
     if kind in ("hf_object", "hub", "hf_disk", "parquet"):
         ds, name = open_hf_dataset(spec, split=o.split, streaming=o.streaming)
         names = hf_class_names(ds)
         if common["num_classes"] is None and names is not None:
             common["num_classes"] = len(names)
+        import datasets
+
+        if o.stream and o.max_samples is None and isinstance(ds, datasets.IterableDataset):
+            from .pipeline import StreamSource
+
+            if common["num_classes"] is None:
+                raise ValueError(f"{name}: a streamed dataset without class names needs --num-classes")
+            info = getattr(ds, "info", None)
+            split_info = (getattr(info, "splits", None) or {}).get(name.rsplit("/", 1)[-1]) if info else None
+            rows = getattr(split_info, "num_examples", None) or None
+            return StreamSource(ds, name=name, num_rows=rows, stats=stats, bbox_format=o.bbox_format or "xywh",
+                                num_classes=common["num_classes"], skip_empty=True if o.skip_empty is None else
+                                o.skip_empty, img_size=o.img_size, letterbox=o.letterbox), names, \
+                common["num_classes"]
         it = hf_examples(ds, split=o.split, bbox_format=o.bbox_format or "xywh",
                          skip_empty=True if o.skip_empty is None else o.skip_empty, source_name=name, **common)
         return it, names, common["num_classes"]
@@ -225,7 +245,9 @@ class DetectionData:
     """A loaded split.
 
     Attributes:
-      examples: the cleaned in-memory examples.
+      examples: the cleaned examples, random access: a :class:`~yolo11_jax.data.sources.RecordSource`
+        (indexed; each image decoded when ``examples[i]`` is read) or, for a streamed source,
+        the list of examples buffered from the stream.
       stats: what cleaning did (``stats.summary()``).
       class_names: names of labels ``0..K-1`` if the source declares them, else ``None``.
       num_classes: the class count used for validation (or ``max label + 1`` if the
@@ -233,7 +255,7 @@ class DetectionData:
       spec: the source spec as given; split: the split read.
     """
 
-    examples: list[Example]
+    examples: Sequence[Example]
     stats: DataStats
     class_names: Optional[list[str]]
     num_classes: int
@@ -243,15 +265,16 @@ class DetectionData:
 
 def build_dataset(spec: SourceSpec = "shapes", *, stats: Optional[DataStats] = None, progress: bool = False,
                   **options) -> DetectionData:
-    """Resolve ``spec``, read and clean it eagerly, pre-resized to ``img_size`` (640 by default;
-    ``None`` keeps original sizes).
+    """Resolve ``spec`` and index it: every record's boxes cleaned and class ids checked now
+    (bad data raises before training), images decoded when read, resized to ``img_size`` (640
+    by default; ``None`` keeps original sizes). A streamed Hub name is read and buffered.
 
     Args:
       spec: a spec string or ``datasets`` object (see the module docstring).
       stats: counters to update (a fresh :class:`DataStats` if ``None``).
       progress: show a tqdm progress bar.
       **options: :class:`ReadOptions` fields (``split``, ``num_classes``, ``img_size``, ...).
-        Feed ``result.examples`` to :class:`~yolo11_jax.data.BatchLoader` with the same
+        Feed ``result.examples`` to :class:`~yolo11_jax.data.TrainPipeline` with the same
         ``img_size`` / ``letterbox``.
 
     Returns:
@@ -267,9 +290,18 @@ def build_dataset(spec: SourceSpec = "shapes", *, stats: Optional[DataStats] = N
         raise ValueError(f"build_dataset: {e}") from None
     stats = stats if stats is not None else DataStats()
     it, names, n_cls = _open(spec, o, stats)
-    examples = collect_examples(it, progress=progress, desc=f"loading {o.split}")
+    from .pipeline import StreamSource
+
+    if isinstance(it, StreamSource):
+        return DetectionData(examples=it, stats=stats, class_names=names, num_classes=n_cls,
+                             spec=str(spec), split=o.split)
+    if isinstance(it, RecordSource):
+        examples, labels = it, (rec.labels for rec in it.records)
+    else:  # a stream (a Hub name): buffered in memory, decoded, as the notebook does
+        examples = collect_examples(it, progress=progress, desc=f"loading {o.split}")
+        labels = (ex.labels for ex in examples)
     if n_cls is None:
-        n_cls = max((int(ex.labels.max()) + 1 for ex in examples if ex.num_boxes), default=1)
+        n_cls = max((int(lab.max()) + 1 for lab in labels if lab.size), default=1)
     spec_name = spec if isinstance(spec, str) else type(spec).__name__ if _is_hf_dataset(spec) else str(spec)
     return DetectionData(examples=examples, stats=stats, class_names=names, num_classes=n_cls, spec=spec_name,
                          split=o.split)

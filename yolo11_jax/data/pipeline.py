@@ -1,250 +1,457 @@
-"""Fixed-shape NumPy batches with deterministic shuffling and background prefetch.
+"""The input pipeline on Grain: fixed-shape uint8 batches from a random-access source.
 
 Usage::
 
-    loader = BatchLoader(examples, batch_size=16, img_size=640, max_boxes=100, seed=0)
-    for epoch in range(start_epoch, num_epochs):
-        for batch in loader.epoch(epoch):          # deterministic in (seed, epoch)
-            state = train_step(state, batch["images"], batch["boxes_cxcywh"],
-                               batch["labels"], batch["mask"])
+    pipe = TrainPipeline(data.examples, batch_size=16, img_size=128, max_boxes=8, seed=0)
+    it = iter(pipe.dataset(total_steps))          # a grain DatasetIterator
+    for step in range(total_steps):
+        batch = next(it)   # images (b, S, S, 3) uint8, boxes_cxcywh (b, M, 4), labels, mask, ...
 
-``loader.epoch(e, start_batch=k)`` resumes in the middle of epoch ``e`` with
-exactly the batches an uninterrupted run would have seen. ``len(loader)`` is
-the number of batches per epoch.
+How a batch is made (``TrainPipeline.dataset``):
+
+* every epoch is a permutation of the records (``grain.MapDataset.shuffle(seed)``, repeated:
+  a new permutation per epoch); the last partial batch of an epoch is dropped;
+* global batch ``k`` is positions ``k * B .. (k + 1) * B - 1`` of its epoch; process ``p`` of
+  ``P`` (``grain.sharding.ShardByJaxProcess``) takes rows ``p * B / P .. (p + 1) * B / P - 1`` of
+  each global batch and reads, decodes and augments only those records;
+* each sample is a pure function of (seed, epoch, record) (:class:`MakeSample`), so the batches
+  are identical for any number of worker processes (``workers``; 0: in this process, with
+  threads) and across runs;
+* images travel as uint8 and become float32 on the device, inside the jitted step;
+* the sample's counters (boxes removed by augmentation or by ``max_boxes``, unreadable images
+  replaced) travel in the batch, so the counts of the worker processes reach the trainer.
+
+The pipeline's position is the ``grain.DatasetIterator``'s state, which ``train.py`` saves in
+the Orbax checkpoint (``grain.checkpoint.CheckpointSave``): a resumed run continues with the
+next batch, also in the middle of an epoch.
 """
 
 from __future__ import annotations
 
-import collections
-import math
+import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional, Sequence
 
+import grain
 import numpy as np
 from PIL import Image
 
-from .sources import DataStats, Example
+from .augment import Augment, augment_sample, cxcywh_to_xyxy, resize_long_side
+from .sources import DataStats, RecordSource, UnreadableImageError
 from .transforms import letterbox as letterbox_image
 from .transforms import resize_plain
 
 _MAX_TRUNCATION_WARNINGS = 20
+_MAX_REPLACEMENT_TRIES = 16
+_CACHE_SIZE = 64  # decoded images a sample maker keeps (mosaic tiles of the current batches)
+COUNTER_KEYS = ("boxes_dropped_augmentation", "boxes_truncated_max_boxes", "examples_truncated_max_boxes",
+                "images_replaced_unreadable")
+"""Per-sample counters carried in every batch (summed by :func:`add_counts`)."""
 
 
-class BatchLoader:
-    """Iterate over fixed-shape batches of in-memory :class:`Example` records.
+def warn_max_boxes(source, max_boxes: int) -> tuple[int, int]:
+    """Warn (once per record, up to 20, then a summary) about records with more than
+    ``max_boxes`` boxes, from the index (nothing is decoded). Returns ``(records, boxes over)``."""
+    n_over = n_dropped = n_warned = 0
+    for rec in _records(source):
+        n = rec.num_boxes
+        if n <= max_boxes:
+            continue
+        n_over += 1
+        n_dropped += n - max_boxes
+        if n_warned < _MAX_TRUNCATION_WARNINGS:
+            n_warned += 1
+            warnings.warn(f"{rec.source_id}: {n} boxes > max_boxes={max_boxes}; keeping the first {max_boxes}, "
+                          f"dropping {n - max_boxes}", stacklevel=2)
+    if n_over > n_warned:
+        warnings.warn(f"{n_over - n_warned} more examples have more than max_boxes={max_boxes} boxes "
+                      f"(truncated; {n_dropped} boxes dropped in total)", stacklevel=2)
+    return n_over, n_dropped
 
-    Each batch is a ``dict`` of NumPy arrays (``B = batch_size``, ``M = max_boxes``,
-    ``S = img_size``):
 
-    * ``images``: float32 ``(B, S, S, 3)``, RGB in ``[0, 1]`` (uint8 / 255);
-    * ``boxes_cxcywh``: float32 ``(B, M, 4)``, ``[cx, cy, w, h]`` normalised by ``S``;
-      padding rows are all zero;
-    * ``labels``: int32 ``(B, M)``, class ids, padding 0;
-    * ``mask``: bool ``(B, M)``, True for real boxes (an image without boxes has an
-      all-False row);
-    * ``example_index``: int64 ``(B,)``, index of each row's example in ``examples``;
-    * ``example_valid``: bool ``(B,)``, False for the wrap-around filler rows of a
-      padded last batch (``drop_last=False``) -- evaluation should ignore those rows.
+def _records(source):
+    """The index of a source (``RecordSource.records``), or the examples themselves."""
+    return source.records if isinstance(source, RecordSource) else source
 
-    Args:
-      examples: the dataset, e.g. from :func:`~yolo11_jax.data.load_examples`.
-      batch_size: examples per batch ``B``.
-      img_size: output side ``S`` in pixels. Images already ``S x S`` are only
-        normalised (pre-resize at load time with ``load_examples(img_size=S)``);
-        others are resized in the worker threads.
-      max_boxes: ``M``. Examples with more boxes keep their first ``M`` (a warning
-        names each such example once -- up to 20, then a summary -- and
-        ``stats.boxes_truncated_max_boxes`` counts the dropped boxes).
-      shuffle: permute the examples each epoch with
-        ``np.random.default_rng([seed, epoch]).permutation(n)``; else keep the order.
-      seed: shuffling seed.
-      drop_last: drop the last partial batch. If False, the last batch is filled
-        up with examples wrapped around from the start of the epoch's order
-        (flagged ``example_valid=False``), so every example appears each epoch.
-      letterbox: resize keeping the aspect ratio with grey (114) padding instead of
-        the notebook's plain resize. Use the same setting as any pre-resize.
-      num_workers: threads preparing batches (PIL and NumPy release the GIL);
-        0 prepares them synchronously in the consumer's thread.
-      prefetch: batches prepared ahead of the consumer (bounded queue); with worker
-        threads at least ``max(1, num_workers)``, so that every worker has a batch.
-      stats: :class:`DataStats` to add this loader's truncation counts to (``self.stats``;
-        a fresh one by default). Counts add up: two loaders sharing one ``stats`` (say,
-        over the same examples) count the same truncations twice.
-      rows: prepare only these rows of every batch (a ``slice`` of ``range(batch_size)``),
-        e.g. ``parallel.process_rows(batch_size)`` for this process's share of a global batch
-        in multi-process training. The order and the batches are those of the whole loader;
-        only the preparation (decoding, resizing) is restricted. Default: all rows.
+
+def add_counts(stats: DataStats, batch: dict) -> None:
+    """Add a batch's per-sample counters (:data:`COUNTER_KEYS`) to ``stats``."""
+    for key in COUNTER_KEYS:
+        if key in batch:
+            setattr(stats, key, getattr(stats, key) + int(np.sum(batch[key])))
+
+
+class MakeSample:
+    """Record -> one fixed-shape sample, a pure function of ``(epoch, record)`` and the seed.
+
+    Without augmentation: the record at ``img_size`` (plain resize, or letterbox), exactly
+    the notebook's preprocessing. With augmentation: :func:`~yolo11_jax.data.augment.augment_sample`
+    with ``rng = default_rng([seed, epoch, record])`` (mosaic off from epoch
+    ``epochs - close_mosaic`` on). Boxes are padded to ``max_boxes`` with a mask; more are
+    cut (and counted). An image that does not decode is replaced by the next readable record
+    (counted, and named in a warning).
     """
 
-    def __init__(
-        self,
-        examples: Sequence[Example],
-        *,
-        batch_size: int,
-        img_size: int = 640,
-        max_boxes: int = 100,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = True,
-        letterbox: bool = False,
-        num_workers: int = 2,
-        prefetch: int = 2,
-        stats: Optional[DataStats] = None,
-        rows: Optional[slice] = None,
-    ) -> None:
+    def __init__(self, source, *, img_size: int, max_boxes: int, letterbox: bool = False,
+                 augment: Augment = Augment(), seed: int = 0, epochs: Optional[int] = None) -> None:
+        self.source, self.img_size, self.max_boxes, self.letterbox = source, img_size, max_boxes, letterbox
+        self.augment, self.seed, self.epochs = augment, seed, epochs
+        self._cache: dict = {}
+        self._lock = threading.Lock()
+
+    def _load_pil(self, index: int) -> tuple[Image.Image, int, int]:
+        """``(image, index read, records skipped)``: record ``index``, or the first record after it
+        that decodes (each one skipped is named in a warning)."""
+        n = len(self.source)
+        for tries in range(_MAX_REPLACEMENT_TRIES):
+            j = (index + tries) % n
+            try:
+                if isinstance(self.source, RecordSource):
+                    return self.source.load_pil(j), j, tries
+                return Image.fromarray(self.source[j].image), j, tries
+            except UnreadableImageError as err:
+                warnings.warn(f"{err}; replaced by the next readable record", stacklevel=2)
+        raise UnreadableImageError(f"{_MAX_REPLACEMENT_TRIES} records from {index} on do not decode")
+
+    def _boxes(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rec = _records(self.source)[index]
+        return rec.boxes_cxcywh, rec.labels
+
+    def _load_long_side(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """``(uint8 image with long side img_size, boxes_xyxy pixels, labels, records skipped)``,
+        remembered for the next few calls (a batch's mosaics share their records' images)."""
+        with self._lock:
+            hit = self._cache.get(index)
+        if hit is None:
+            pil, j, skipped = self._load_pil(index)
+            img = resize_long_side(np.asarray(pil.convert("RGB"), np.uint8), self.img_size)
+            boxes, labels = self._boxes(j)
+            hit = (img, cxcywh_to_xyxy(boxes, img.shape[1], img.shape[0]), labels, skipped)
+            with self._lock:
+                self._cache[index] = hit
+                while len(self._cache) > _CACHE_SIZE:
+                    self._cache.pop(next(iter(self._cache)))
+        return hit
+
+    def __getstate__(self):  # the cache (and its lock) stay in each process
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_lock")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _cache={}, _lock=threading.Lock())
+
+    def __call__(self, element) -> dict[str, np.ndarray]:
+        epoch, index = int(element[0]), int(element[1])
+        partners = element[2] if len(element) > 2 else (index,)
+        s, m = self.img_size, self.max_boxes
+        replaced = removed = 0
+        if self.augment.enabled:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            use_mosaic = self.epochs is None or epoch < self.epochs - self.augment.close_mosaic
+
+            def load(i):
+                nonlocal replaced
+                img, boxes, labels, skipped = self._load_long_side(i)
+                replaced += skipped
+                return img, boxes, labels
+
+            img, boxes_xyxy, labels, removed = augment_sample(load, index, partners, s, self.augment, rng,
+                                                              use_mosaic)
+            boxes = np.stack([(boxes_xyxy[:, 0] + boxes_xyxy[:, 2]) / 2 / s, (boxes_xyxy[:, 1] + boxes_xyxy[:, 3]) / 2 / s,
+                              (boxes_xyxy[:, 2] - boxes_xyxy[:, 0]) / s, (boxes_xyxy[:, 3] - boxes_xyxy[:, 1]) / s],
+                             1).astype(np.float32).reshape(-1, 4)
+        else:
+            pil, index, replaced = self._load_pil(index)
+            boxes, labels = self._boxes(index)
+            if pil.size != (s, s):
+                if self.letterbox:
+                    pil, boxes, _ = letterbox_image(pil, boxes, s)
+                else:
+                    pil = resize_plain(pil, s)
+            img = np.asarray(pil, np.uint8)
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"{_records(self.source)[index].source_id}: image of shape {img.shape}; "
+                             "expected (H, W, 3) RGB")
+        k = min(len(labels), m)
+        out = {"images": img, "boxes_cxcywh": np.zeros((m, 4), np.float32), "labels": np.zeros((m,), np.int32),
+               "mask": np.zeros((m,), bool), "example_index": np.int64(index),
+               "boxes_dropped_augmentation": np.int32(removed),
+               "boxes_truncated_max_boxes": np.int32(len(labels) - k),
+               "examples_truncated_max_boxes": np.int32(len(labels) > m),
+               "images_replaced_unreadable": np.int32(replaced)}
+        out["boxes_cxcywh"][:k] = np.asarray(boxes, np.float32)[:k]
+        out["labels"][:k] = np.asarray(labels)[:k]
+        out["mask"][:k] = True
+        return out
+
+
+class _Position:
+    """Local sample ``u`` of process ``p`` -> ``(epoch, record, partners)``: step ``u // b``, row
+    ``u % b`` of this process's ``b = B / P`` rows of the global batch, in the epoch's
+    permutation; ``partners`` are the records of those ``b`` rows (a mosaic's other tiles)."""
+
+    def __init__(self, order: grain.MapDataset, num_records: int, batch_size: int, process_index: int,
+                 process_count: int) -> None:
+        self.order, self.n, self.batch_size = order, num_records, batch_size
+        self.local = batch_size // process_count
+        self.offset = process_index * self.local
+        self.steps_per_epoch = num_records // batch_size
+
+    def __call__(self, u: int) -> tuple[int, int, tuple[int, ...]]:
+        step, row = divmod(int(u), self.local)
+        epoch, k = divmod(step, self.steps_per_epoch)
+        first = epoch * self.n + k * self.batch_size + self.offset
+        rows = tuple(int(self.order[first + r]) for r in range(self.local))
+        return epoch, rows[row], rows
+
+
+def _worker_processes(ds: grain.IterDataset, workers: int, buffer: int = 2) -> grain.IterDataset:
+    """``ds`` made by ``workers`` processes (Grain ``mp_prefetch``; 0: unchanged)."""
+    if workers == 0:
+        return ds
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # Grain reads its absl flags (defaults) when it starts workers
+        flags.FLAGS.mark_as_parsed()
+    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer))
+
+
+def _read_options(workers: int) -> grain.ReadOptions:
+    # In this process: a few threads (PIL releases the GIL while decoding and resizing).
+    return grain.ReadOptions(num_threads=2 if workers == 0 else 1, prefetch_buffer_size=8)
+
+
+class TrainPipeline:
+    """Shuffled, sharded, augmented training batches of a random-access source.
+
+    Args:
+      source: a :class:`~yolo11_jax.data.sources.RecordSource` (or any sequence of
+        :class:`~yolo11_jax.data.sources.Example`).
+      batch_size: the global batch ``B``; each process gets ``B / P`` rows of it.
+      img_size, max_boxes, letterbox, augment, seed: see :class:`MakeSample`.
+      epochs: the run's length in epochs (for ``close_mosaic``).
+      workers: worker processes (``grain`` ``mp_prefetch``); 0: in this process.
+      shard: ``(process_index, process_count)``; default ``grain.sharding.ShardByJaxProcess``.
+    """
+
+    def __init__(self, source, *, batch_size: int, img_size: int, max_boxes: int = 100, seed: int = 0,
+                 letterbox: bool = False, augment: Augment = Augment(), epochs: Optional[int] = None,
+                 workers: int = 0, shard: Optional[tuple[int, int]] = None) -> None:
         if batch_size < 1 or img_size < 1 or max_boxes < 1:
             raise ValueError(f"batch_size, img_size and max_boxes must be >= 1, got {batch_size}, {img_size}, {max_boxes}")
-        if num_workers < 0 or prefetch < 0:
-            raise ValueError(f"num_workers and prefetch must be >= 0, got {num_workers}, {prefetch}")
-        if len(examples) == 0:
-            raise ValueError("BatchLoader: no examples")
-        if drop_last and len(examples) < batch_size:
-            raise ValueError(
-                f"BatchLoader: {len(examples)} examples < batch_size {batch_size} with drop_last=True"
-                " gives no batches; lower batch_size or pass drop_last=False"
-            )
-        self.examples = examples
-        self.batch_size = batch_size
-        self.img_size = img_size
-        self.max_boxes = max_boxes
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.letterbox = letterbox
-        self.num_workers = num_workers
-        self.prefetch = prefetch
-        self.stats = stats if stats is not None else DataStats()
-        self.rows = slice(*(slice(None) if rows is None else rows).indices(batch_size))
-        if self.rows.step != 1 or self.rows.stop <= self.rows.start:
-            raise ValueError(f"rows must be a non-empty contiguous slice of range({batch_size}), got {rows}")
-        self._check_box_counts()
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        if len(source) == 0:
+            raise ValueError("no training examples")
+        if len(source) < batch_size:
+            raise ValueError(f"{len(source)} training examples < batch size {batch_size}: an epoch would have no "
+                             "full batch; lower --batch-size")
+        if shard is None:
+            opts = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+            shard = (opts.shard_index, opts.shard_count)
+        if batch_size % shard[1]:
+            raise ValueError(f"batch size {batch_size} is not divisible by the {shard[1]} processes")
+        self.source, self.batch_size, self.workers, self.shard = source, batch_size, workers, shard
+        self.make_sample = MakeSample(source, img_size=img_size, max_boxes=max_boxes, letterbox=letterbox,
+                                      augment=augment, seed=seed, epochs=epochs)
+        self.order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+        self.position = _Position(self.order, len(source), batch_size, *shard)
 
-    def _check_box_counts(self) -> None:
-        """Warn (once per example) and count examples with more than ``max_boxes`` boxes."""
-        n_warned = 0
-        n_over = 0
-        n_dropped = 0
-        for ex in self.examples:
-            n = ex.num_boxes
-            if n <= self.max_boxes:
-                continue
-            n_over += 1
-            n_dropped += n - self.max_boxes
-            if n_warned < _MAX_TRUNCATION_WARNINGS:
-                n_warned += 1
-                warnings.warn(
-                    f"{ex.source_id}: {n} boxes > max_boxes={self.max_boxes}; keeping the first"
-                    f" {self.max_boxes}, dropping {n - self.max_boxes}",
-                    stacklevel=3,
-                )
-        if n_over > n_warned:
-            warnings.warn(
-                f"{n_over - n_warned} more examples have more than max_boxes={self.max_boxes} boxes"
-                f" (truncated; {n_dropped} boxes dropped in total)",
-                stacklevel=3,
-            )
-        self.stats.examples_truncated_max_boxes += n_over
-        self.stats.boxes_truncated_max_boxes += n_dropped
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full global batches per epoch (the last partial one is dropped)."""
+        return len(self.source) // self.batch_size
+
+    def dataset(self, total_steps: int, start_step: int = 0) -> grain.IterDataset:
+        """The batches of steps ``start_step .. total_steps - 1`` (iterate with ``iter``)."""
+        local = self.batch_size // self.shard[1]
+        ds = grain.MapDataset.range(start_step * local, total_steps * local).map(self.position).map(self.make_sample)
+        ds = ds.batch(local, drop_remainder=True).to_iter_dataset(_read_options(self.workers))
+        return _worker_processes(ds, self.workers)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """This process's rows of global batch ``step``, made directly (for inspection and tests)."""
+        local = self.batch_size // self.shard[1]
+        samples = [self.make_sample(self.position(step * local + r)) for r in range(local)]
+        return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+class _EvalSample:
+    def __init__(self, source, img_size: int, max_boxes: int, letterbox: bool) -> None:
+        self.n = len(source)
+        self.make = MakeSample(source, img_size=img_size, max_boxes=max_boxes, letterbox=letterbox)
+
+    def __call__(self, position: int) -> dict[str, np.ndarray]:
+        out = self.make((0, int(position) % self.n))
+        out["example_valid"] = np.bool_(position < self.n)
+        return out
+
+
+def eval_batches(source, *, batch_size: int, img_size: int, letterbox: bool = False,
+                 max_boxes: Optional[int] = None, workers: int = 0) -> tuple[Iterator[dict], int]:
+    """Every example once, in order, in batches of ``batch_size`` (the last one filled up with
+    examples from the start, flagged ``example_valid=False``): ``(batches, number of batches)``.
+    ``max_boxes`` defaults to the largest box count of the source (every ground-truth box counts)."""
+    n = len(source)
+    if n == 0:
+        raise ValueError("evaluate: no examples to evaluate")
+    if max_boxes is None:
+        max_boxes = max(1, max(rec.num_boxes for rec in _records(source)))
+    batch_size = min(batch_size, n)
+    num_batches = -(-n // batch_size)
+    ds = grain.MapDataset.range(num_batches * batch_size).map(_EvalSample(source, img_size, max_boxes, letterbox))
+    ds = ds.batch(batch_size, drop_remainder=True).to_iter_dataset(_read_options(workers))
+    return iter(_worker_processes(ds, workers)), num_batches
+
+
+def stack_examples(examples: Sequence, *, img_size: int, max_boxes: int, letterbox: bool = False) -> dict:
+    """One batch of the given examples, made in this process (no shuffling, no augmentation)."""
+    make = MakeSample(examples, img_size=img_size, max_boxes=max_boxes, letterbox=letterbox)
+    samples = [make((0, i)) for i in range(len(examples))]
+    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+# ----------------------------------------------------------------------------- streamed sources
+
+class StreamSource:
+    """A dataset that is only iterable (a Hub name streamed without ``max_samples``): each epoch
+    re-streams it (shuffled with a buffer, seeded by seed and epoch), cleaning and decoding each
+    row as it arrives; nothing is kept. ``num_rows`` is the stream's size if the Hub says it
+    (before images without boxes are skipped), else ``None``.
+
+    Class ids are checked as the rows arrive (a bad one stops training then, naming the row),
+    and the cleaning counts accumulate in ``stats`` over the epochs.
+    """
+
+    def __init__(self, ds, *, name: str, num_rows: Optional[int], stats: DataStats, shuffle_buffer: int = 1000,
+                 **example_kw) -> None:
+        self.ds, self.name, self.num_rows, self.stats = ds, name, num_rows, stats
+        self.shuffle_buffer, self.example_kw = shuffle_buffer, example_kw
 
     def __len__(self) -> int:
-        """Batches per epoch."""
-        n = len(self.examples)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self.num_rows is None:
+            raise TypeError(f"{self.name}: a streamed dataset of unknown size")
+        return self.num_rows
 
-    def batch_indices(self, epoch: int) -> np.ndarray:
-        """Example indices of every batch of ``epoch``: int64 ``(len(self), batch_size)``."""
-        n = len(self.examples)
-        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-        total = len(self) * self.batch_size
-        order = order[:total] if self.drop_last else np.resize(order, total)  # np.resize wraps around
-        return order.astype(np.int64).reshape(len(self), self.batch_size)
+    def examples(self, epoch: int, seed: int) -> Iterator:
+        from .sources import hf_examples
 
-    def _prepare(self, ex: Example) -> tuple[np.ndarray, np.ndarray]:
-        """``(uint8 (S, S, 3) image, float32 (N, 4) boxes normalised by S)`` of one example."""
-        s = self.img_size
-        img = ex.image
-        if img.shape[:2] == (s, s):
-            return img, ex.boxes_cxcywh
-        pil = Image.fromarray(img)
-        if self.letterbox:
-            pil, boxes, _ = letterbox_image(pil, ex.boxes_cxcywh, s)
-        else:
-            pil, boxes = resize_plain(pil, s), ex.boxes_cxcywh
-        return np.asarray(pil), boxes
+        stream = self.ds.shuffle(seed=seed, buffer_size=self.shuffle_buffer) if self.shuffle_buffer else self.ds
+        stream.set_epoch(epoch)
+        return hf_examples(stream, stats=self.stats, source_name=self.name, **self.example_kw)
 
-    def make_batch(self, indices: Sequence[int], num_valid: Optional[int] = None) -> dict[str, np.ndarray]:
-        """Assemble the batch of the given example indices (see the class docstring).
 
-        ``num_valid``: rows from this position on are marked ``example_valid=False``.
-        """
-        b, m, s = len(indices), self.max_boxes, self.img_size
-        images = np.empty((b, s, s, 3), np.float32)
-        boxes = np.zeros((b, m, 4), np.float32)
-        labels = np.zeros((b, m), np.int32)
-        mask = np.zeros((b, m), bool)
-        for row, i in enumerate(indices):
-            ex = self.examples[int(i)]
-            if ex.image.ndim != 3 or ex.image.shape[2] != 3:
-                raise ValueError(f"{ex.source_id}: image of shape {ex.image.shape}; expected (H, W, 3) RGB")
-            img_u8, bx = self._prepare(ex)
-            np.divide(img_u8, np.float32(255.0), out=images[row], dtype=np.float32)
-            k = min(ex.num_boxes, m)
-            boxes[row, :k] = bx[:k]
-            labels[row, :k] = ex.labels[:k]
-            mask[row, :k] = True
-        valid = np.ones((b,), bool)
-        if num_valid is not None:
-            valid[num_valid:] = False
-        return {
-            "images": images,
-            "boxes_cxcywh": boxes,
-            "labels": labels,
-            "mask": mask,
-            "example_index": np.asarray(indices, np.int64),
-            "example_valid": valid,
-        }
+class _StreamIterator(grain.DatasetIterator):
+    """Batches of a :class:`StreamSource`; its state is ``(epoch, rows consumed in it)`` and
+    restoring it re-streams the epoch and skips the rows already used."""
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """Yield the batches of ``epoch`` (deterministic given ``seed`` and ``epoch``).
+    def __init__(self, pipe: "StreamPipeline") -> None:
+        super().__init__()
+        self.pipe = pipe
+        self.epoch, self.position = 0, 0
+        self._rows = None
 
-        Args:
-          epoch: epoch number; selects the permutation.
-          start_batch: skip the first batches (without preparing them), to resume;
-            ``0 <= start_batch <= len(self)``.
-        """
-        if not 0 <= start_batch <= len(self):
-            raise ValueError(f"start_batch must be in 0..{len(self)} (batches per epoch), got {start_batch}")
-        all_idx = self.batch_indices(epoch)
-        n = len(self.examples)
-        jobs = []
-        for j in range(start_batch, len(all_idx)):
-            first = j * self.batch_size
-            num_valid = max(0, min(self.batch_size, n - first))
-            local_valid = min(max(num_valid - self.rows.start, 0), self.rows.stop - self.rows.start)
-            jobs.append((all_idx[j][self.rows], None if num_valid == self.batch_size else local_valid))
-        return self._run(jobs)
+    def _open(self) -> None:
+        self._rows = self.pipe.source.examples(self.epoch, self.pipe.seed)
+        for _ in range(self.position):  # resume: skip what was used
+            next(self._rows)
 
-    def _run(self, jobs: list) -> Iterator[dict[str, np.ndarray]]:
-        if self.num_workers == 0:
-            for idx, nv in jobs:
-                yield self.make_batch(idx, nv)
-            return
-        depth = max(1, self.prefetch, self.num_workers)
-        with ThreadPoolExecutor(max_workers=self.num_workers, thread_name_prefix="batch-loader") as pool:
-            pending: collections.deque = collections.deque()
-            it = iter(jobs)
-            try:
-                for idx, nv in it:
-                    pending.append(pool.submit(self.make_batch, idx, nv))
-                    if len(pending) >= depth:
-                        break
-                while pending:
-                    batch = pending.popleft().result()
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending.append(pool.submit(self.make_batch, *nxt))
-                    yield batch
-            finally:  # consumer stopped early (break / exception): drop queued work
-                for fut in pending:
-                    fut.cancel()
+    def _next_row(self):
+        while True:
+            if self._rows is None:
+                self._open()
+            ex = next(self._rows, None)
+            if ex is not None:
+                return ex
+            if self.position == 0:
+                raise ValueError(f"{self.pipe.source.name}: the stream has no usable examples")
+            self.epoch, self.position, self._rows = self.epoch + 1, 0, None
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        p, count = self.pipe.shard
+        local = self.pipe.batch_size // count
+        samples = []
+        while len(samples) < local:
+            # Global batch row r of this process: rows p*local .. (p+1)*local - 1 of each batch.
+            row = self.position % self.pipe.batch_size
+            ex = self._next_row()
+            position, epoch = self.position, self.epoch
+            self.position += 1
+            if p * local <= row < (p + 1) * local:
+                samples.append(self.pipe.make_sample((epoch, position), example=ex))
+        return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+    def get_state(self) -> dict:
+        return {"epoch": int(self.epoch), "position": int(self.position)}
+
+    def set_state(self, state: dict) -> None:
+        self.epoch, self.position, self._rows = int(state["epoch"]), int(state["position"]), None
+
+
+class _StreamDataset(grain.IterDataset):
+    def __init__(self, pipe: "StreamPipeline", state: Optional[dict] = None) -> None:
+        super().__init__()
+        self.pipe, self.state = pipe, state
+
+    def __iter__(self) -> _StreamIterator:
+        it = _StreamIterator(self.pipe)
+        if self.state is not None:
+            it.set_state(self.state)
+        return it
+
+
+class _Only:
+    """A "source" whose every index is one example (what :class:`_StreamSample` hands over)."""
+
+    def __init__(self, example, position: int) -> None:
+        self.example, self.n = example, position + 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index):
+        return self.example
+
+
+class _StreamSample(MakeSample):
+    """:class:`MakeSample` on an example handed over by the stream, drawn from
+    ``default_rng([seed, epoch, position in the epoch])`` (no random access: per-image
+    augmentation only, no mosaic)."""
+
+    def __call__(self, element, example=None):
+        epoch, position = int(element[0]), int(element[1])
+        self.source, self._cache = _Only(example, position), {}
+        return super().__call__((epoch, position))
+
+
+class StreamPipeline:
+    """:class:`TrainPipeline`'s counterpart for a :class:`StreamSource`: the same batches' layout,
+    per-image augmentation (mosaic needs random access, so it is off), each process keeping its
+    rows of every global batch, and an iterator state (epoch, rows consumed) for checkpoints.
+    ``steps_per_epoch`` is estimated from the stream's size, when known."""
+
+    def __init__(self, source: StreamSource, *, batch_size: int, img_size: int, max_boxes: int = 100, seed: int = 0,
+                 letterbox: bool = False, augment: Augment = Augment(), epochs: Optional[int] = None,
+                 workers: int = 0, shard: Optional[tuple[int, int]] = None) -> None:
+        if shard is None:
+            opts = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+            shard = (opts.shard_index, opts.shard_count)
+        if batch_size % shard[1]:
+            raise ValueError(f"batch size {batch_size} is not divisible by the {shard[1]} processes")
+        import dataclasses
+
+        self.source, self.batch_size, self.seed, self.shard = source, batch_size, seed, shard
+        self.make_sample = _StreamSample([], img_size=img_size, max_boxes=max_boxes, letterbox=letterbox,
+                                         augment=dataclasses.replace(augment, mosaic=0.0), seed=seed, epochs=epochs)
+
+    @property
+    def steps_per_epoch(self) -> Optional[int]:
+        return None if self.source.num_rows is None else max(1, self.source.num_rows // self.batch_size)
+
+    def dataset(self, total_steps: int, start_step: int = 0) -> grain.IterDataset:
+        """The batches from ``start_step`` on (a fresh stream skips ``start_step`` batches)."""
+        if not start_step:
+            return _StreamDataset(self)
+        it = _StreamIterator(self)
+        for _ in range(start_step):
+            next(it)
+        return _StreamDataset(self, it.get_state())

@@ -29,6 +29,7 @@ above happens before training starts) and returns ``(examples, stats)``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import io
@@ -89,7 +90,8 @@ class Example:
 
 @dataclass
 class DataStats:
-    """Counters of what the readers and the batch loader did to the data."""
+    """Counters of what the readers (when indexing) and the input pipeline (per sample, summed
+    over the batches, from every worker process) did to the data."""
 
     images_seen: int = 0
     images_kept: int = 0
@@ -104,6 +106,8 @@ class DataStats:
     iscrowd_skipped: int = 0
     boxes_truncated_max_boxes: int = 0
     examples_truncated_max_boxes: int = 0
+    boxes_dropped_augmentation: int = 0
+    images_replaced_unreadable: int = 0
 
     def merge(self, other: "DataStats") -> "DataStats":
         """Add ``other``'s counters into this one (in place) and return ``self``."""
@@ -121,6 +125,83 @@ class DataStats:
             f"{k}={v}" for k, v in self.as_dict().items() if v or k in always
         ]
         return "DataStats(" + ", ".join(parts) + ")"
+
+
+@dataclass
+class Record:
+    """One cleaned example before decoding: what the index holds in memory (no pixels).
+
+    Attributes:
+      image: what :func:`open_image` reads (a file path, encoded bytes, a Hugging Face
+        ``{"bytes", "path"}`` dict) or an object with a ``load() -> PIL.Image`` method (a row of
+        a memory-mapped dataset, a rendered synthetic image).
+      boxes_cxcywh: float32 ``(N, 4)`` cleaned boxes normalised by the image size.
+      labels: int32 ``(N,)`` class ids.
+      source_id: where the example came from, for warnings and errors.
+      size: ``(width, height)`` of the original image in pixels.
+    """
+
+    image: Any
+    boxes_cxcywh: np.ndarray
+    labels: np.ndarray
+    source_id: str
+    size: tuple[int, int]
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class UnreadableImageError(ValueError):
+    """An image that passed the index (its header was readable, or not checked) but does not decode."""
+
+
+class RecordSource:
+    """A lazily decoded detection dataset: random access to :class:`Example` by index.
+
+    ``records`` are cleaned at index time (boxes, labels, counts); ``source[i]`` decodes the
+    image of record ``i`` and, if ``img_size`` is set, resizes it to ``img_size`` squared (plain
+    resize, or letterbox with the boxes mapped onto the canvas). Decoded images are never kept.
+    This is the random-access source of the Grain pipeline (``__len__`` / ``__getitem__``);
+    it pickles to worker processes (a memory-mapped dataset by reference).
+
+    Raises :class:`UnreadableImageError` naming the record for an image that does not decode.
+    """
+
+    def __init__(self, records: Sequence[Record], *, img_size: Optional[int] = None, letterbox: bool = False,
+                 name: str = "dataset") -> None:
+        self.records = list(records)
+        self.img_size = img_size
+        self.letterbox = letterbox
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Example]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def load_pil(self, index: int) -> Image.Image:
+        """The original RGB image of record ``index`` (decoded now)."""
+        rec = self.records[index]
+        try:
+            return rec.image.load() if hasattr(rec.image, "load") and not isinstance(rec.image, Image.Image) \
+                else open_image(rec.image)
+        except Exception as err:  # noqa: BLE001 -- any decoding failure means "unreadable"
+            raise UnreadableImageError(f"{rec.source_id}: unreadable image ({type(err).__name__}: {err})") from None
+
+    def __getitem__(self, index: int) -> Example:
+        rec = self.records[int(index)]
+        img = self.load_pil(int(index))
+        boxes = rec.boxes_cxcywh
+        if self.img_size is not None:
+            if self.letterbox:
+                img, boxes, _ = letterbox(img, boxes, self.img_size)
+            else:
+                img = resize_plain(img, self.img_size)
+        return Example(image=np.array(img, dtype=np.uint8), boxes_cxcywh=np.asarray(boxes, np.float32).reshape(-1, 4),
+                       labels=rec.labels, source_id=rec.source_id)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -187,6 +268,27 @@ def open_image(obj: Any) -> Image.Image:
         raise TypeError(f"cannot read an image from {type(obj).__name__}")
     img.load()  # force decoding now so corrupt data fails here
     return img.convert("RGB")
+
+
+def image_size(obj: Any) -> tuple[int, int]:
+    """``(width, height)`` of an image from its header only (nothing is decoded). Raises if the
+    file is missing or is not an image."""
+    if hasattr(obj, "load") and not isinstance(obj, Image.Image):
+        return obj.size
+    if isinstance(obj, Image.Image):
+        return obj.size
+    if isinstance(obj, np.ndarray):
+        return int(obj.shape[1]), int(obj.shape[0])
+    if isinstance(obj, dict):
+        obj = obj.get("bytes") or obj.get("path")
+        if obj is None:
+            raise ValueError("image dict has neither bytes nor path")
+    if isinstance(obj, (bytes, bytearray)):
+        obj = io.BytesIO(obj)
+    elif obj is None:
+        raise ValueError("image is missing (None)")
+    with Image.open(obj) as img:
+        return img.size
 
 
 def _image_path_hint(obj: Any) -> Optional[str]:
@@ -289,25 +391,9 @@ class ExampleCleaner:
         self.stats.images_skipped_unreadable += 1
         warnings.warn(f"skipping unreadable image {source_id}: {type(err).__name__}: {err}", stacklevel=3)
 
-    def __call__(self, image: Any, boxes: Any, labels: Any, source_id: str) -> Optional[Example]:
-        """Clean one raw record.
-
-        Args:
-          image: PIL image, uint8 array ``(H, W[, 3])``, encoded bytes, a file path or
-            a HF ``{"bytes", "path"}`` dict.
-          boxes: ``(N, 4)`` boxes in ``self.bbox_format`` (pixels or normalised).
-          labels: ``(N,)`` integer class ids.
-          source_id: name used in warnings and errors.
-
-        Returns:
-          The cleaned :class:`Example`, or ``None`` if the image is unreadable or
-          (with ``skip_empty``) has no boxes left.
-
-        Raises:
-          ValueError: a class id is out of range, or boxes and labels disagree.
-        """
-        st = self.stats
-        st.images_seen += 1
+    def parse(self, boxes: Any, labels: Any, source_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(boxes (N, 4) float64, labels (N,) int64)`` of a raw record, with the shapes and
+        the class ids checked (``ValueError`` naming ``source_id``)."""
         raw = np.asarray(boxes if boxes is not None else [], np.float64)
         if raw.size == 0:
             raw = raw.reshape(0, 4)
@@ -324,13 +410,37 @@ class ExampleCleaner:
                 raise ValueError(f"{source_id}: class ids must be integers, got {lab.tolist()}")
         lab = lab.astype(np.int64)
         self.check_labels(lab, source_id)
+        return raw, lab
 
-        try:
-            img = open_image(image)
-        except Exception as err:  # noqa: BLE001 -- any decoding failure means "unreadable"
-            self.warn_unreadable(source_id, err)
-            return None
-        width, height = img.size
+    def record(self, image: Any, boxes: Any, labels: Any, source_id: str,
+               size: Optional[tuple[int, int]] = None) -> Optional[Record]:
+        """Clean one raw record without decoding its image.
+
+        Args:
+          image: what the record will decode later (see :class:`Record`).
+          boxes: ``(N, 4)`` boxes in ``self.bbox_format`` (pixels or normalised).
+          labels: ``(N,)`` integer class ids.
+          source_id: name used in warnings and errors.
+          size: ``(width, height)`` if known (a dataset's columns, a COCO json); else read
+            from the image's header, which also finds files that are missing or not images.
+
+        Returns:
+          The cleaned :class:`Record`, or ``None`` if the image is unreadable or (with
+          ``skip_empty``) has no boxes left.
+
+        Raises:
+          ValueError: a class id is out of range, or boxes and labels disagree.
+        """
+        st = self.stats
+        raw, lab = self.parse(boxes, labels, source_id)
+        st.images_seen += 1
+        if size is None:
+            try:
+                size = image_size(image)
+            except Exception as err:  # noqa: BLE001 -- any failure to read the header means "unreadable"
+                self.warn_unreadable(source_id, err)
+                return None
+        width, height = int(size[0]), int(size[1])
         st.boxes_seen += raw.shape[0]
         self._maybe_warn_convention(raw, source_id, width, height)
 
@@ -356,22 +466,25 @@ class ExampleCleaner:
         boxes_cxcywh[:, 1] = (clipped[:, 1] + clipped[:, 3]) / 2 / height
         boxes_cxcywh[:, 2] = (clipped[:, 2] - clipped[:, 0]) / width
         boxes_cxcywh[:, 3] = (clipped[:, 3] - clipped[:, 1]) / height
-        boxes_cxcywh = boxes_cxcywh.astype(np.float32)
-
-        if self.img_size is not None:
-            if self.letterbox:
-                img, boxes_cxcywh, _ = letterbox(img, boxes_cxcywh, self.img_size)
-            else:
-                img = resize_plain(img, self.img_size)
-        pixels = np.array(img, dtype=np.uint8)  # owns its memory, (H, W, 3)
         st.images_kept += 1
         st.boxes_kept += n
-        return Example(
-            image=pixels,
-            boxes_cxcywh=boxes_cxcywh.reshape(n, 4),
-            labels=lab.astype(np.int32),
-            source_id=source_id,
-        )
+        return Record(image=image, boxes_cxcywh=boxes_cxcywh.astype(np.float32).reshape(n, 4),
+                      labels=lab.astype(np.int32), source_id=source_id, size=(width, height))
+
+    def __call__(self, image: Any, boxes: Any, labels: Any, source_id: str) -> Optional[Example]:
+        """Clean one raw record and decode it now (the streaming path): :meth:`record`, then the
+        image decoded (an unreadable one is skipped with a warning) and resized to ``img_size``."""
+        self.parse(boxes, labels, source_id)  # a bad class id stops the load even on a broken image
+        try:
+            pil = open_image(image)
+        except Exception as err:  # noqa: BLE001 -- any decoding failure means "unreadable"
+            self.stats.images_seen += 1
+            self.warn_unreadable(source_id, err)
+            return None
+        rec = self.record(pil, boxes, labels, source_id, size=pil.size)
+        if rec is None:
+            return None
+        return RecordSource([rec], img_size=self.img_size, letterbox=self.letterbox)[0]
 
 
 def _limit(it: Iterator[Example], max_samples: Optional[int]) -> Iterator[Example]:
@@ -480,8 +593,38 @@ def open_hf_dataset(
     if os.path.exists(name):
         raise ValueError(f"{name!r} is a file but neither parquet nor a save_to_disk directory")
     # A Hub dataset name (e.g. 'detection-datasets/coco'): stream it as the notebook does.
-    ds = datasets.load_dataset(name, split=split, streaming=True if streaming is None else streaming)
-    return ds, f"{name}/{split}"
+    streaming = True if streaming is None else streaming
+    last = None
+    for candidate in (split, *_SPLIT_ALIASES.get(split, [])):  # the coco repo calls its validation split 'val'
+        try:
+            with hub_errors(name):
+                return datasets.load_dataset(name, split=candidate, streaming=streaming), f"{name}/{candidate}"
+        except ValueError as err:
+            if "split" not in str(err).lower():
+                raise
+            last = err
+    raise ValueError(f"{name}: no split {split!r} ({last})") from None
+
+
+class HubUnreachableError(ConnectionError):
+    """The Hugging Face Hub (or ``HF_ENDPOINT``) could not be reached for a dataset."""
+
+
+@contextlib.contextmanager
+def hub_errors(name: str):
+    """Turn the ways ``datasets`` reports an unreachable Hub (``ConnectionError`` when loading or
+    while streaming, ``httpx`` / ``huggingface_hub`` network errors) into one
+    :class:`HubUnreachableError` that says what to do, without the library's traceback."""
+    try:
+        yield
+    except HubUnreachableError:
+        raise
+    except (ConnectionError, TimeoutError) as err:
+        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        raise HubUnreachableError(
+            f"cannot reach the Hugging Face Hub ({endpoint}) for {name!r}: {err}. Check the network connection "
+            "(HF_ENDPOINT, proxy settings), or train from a local copy: a save_to_disk folder or parquet files "
+            "as --data") from None
 
 
 def hf_class_names(ds: Any, *, objects_key: Optional[str] = "objects", category_key: str = "category") -> Optional[list[str]]:
@@ -541,7 +684,12 @@ def hf_examples(
     category_key: str = "category",
     source_name: Optional[str] = None,
 ) -> Iterator[Example]:
-    """Yield cleaned examples from a Hugging Face detection dataset.
+    """Cleaned examples of a Hugging Face detection dataset.
+
+    A ``Dataset`` (random access: a ``save_to_disk`` folder, parquet files, an object) gives a
+    :class:`RecordSource`: the rows are indexed now (boxes cleaned, class ids checked, nothing
+    decoded) and each image is decoded when ``source[i]`` is read. An ``IterableDataset`` (a
+    streamed Hub name) gives an iterator that cleans and decodes each row as it arrives.
 
     The expected schema is ``detection-datasets/coco``: ``image`` (an ``Image``
     feature) and ``objects`` = ``{"bbox": [[...4 numbers...], ...], "category": [int, ...]}``
@@ -561,9 +709,9 @@ def hf_examples(
       source_name: label used in ``source_id`` (default: the Hub name / path, or
         ``"dataset"`` for dataset objects).
 
-    Yields:
-      :class:`Example` with ``source_id = "<name>[<row index>]"`` (plus the image
-      path when the row has one).
+    Returns:
+      A :class:`RecordSource` or an iterator of :class:`Example`, with
+      ``source_id = "<name>[<row index>]"`` (plus the image path when the row has one).
     """
     import datasets
 
@@ -582,27 +730,74 @@ def hf_examples(
         stats=stats,
     )
 
-    def gen() -> Iterator[Example]:
-        for i, row in enumerate(ds):
-            missing = [k for k in (image_key, objects_key) if k and k not in row]
-            if missing:  # a schema mismatch, not an image without boxes
-                raise ValueError(f"{name}[{i}]: no column {missing[0]!r}; the rows have {sorted(row)} "
-                                 f"(expected {image_key!r} and {objects_key or (bbox_key, category_key)!r}, "
-                                 "the schema of detection-datasets/coco)")
-            image = row.get(image_key)
-            path = _image_path_hint(image)
-            sid = f"{name}[{i}]" + (f" ({path})" if path else "")
-            objs = row.get(objects_key) if objects_key else row
-            bboxes, cats, crowd = _objects_fields(objs, bbox_key, category_key, sid)
-            keep = [not bool(c) for c in crowd]
-            cleaner.stats.iscrowd_skipped += len(keep) - sum(keep)
-            bboxes = [b for b, k in zip(bboxes, keep) if k]
-            cats = [c for c, k in zip(cats, keep) if k]
+    def fields(i: int, row: dict) -> tuple[Any, list, list, str]:
+        missing = [k for k in (image_key, objects_key) if k and k not in row]
+        if missing:  # a schema mismatch, not an image without boxes
+            raise ValueError(f"{name}[{i}]: no column {missing[0]!r}; the rows have {sorted(row)} "
+                             f"(expected {image_key!r} and {objects_key or (bbox_key, category_key)!r}, "
+                             "the schema of detection-datasets/coco)")
+        image = row.get(image_key)
+        path = _image_path_hint(image)
+        sid = f"{name}[{i}]" + (f" ({path})" if path else "")
+        objs = row.get(objects_key) if objects_key else row
+        bboxes, cats, crowd = _objects_fields(objs, bbox_key, category_key, sid)
+        keep = [not bool(c) for c in crowd]
+        cleaner.stats.iscrowd_skipped += len(keep) - sum(keep)
+        return image, [b for b, k in zip(bboxes, keep) if k], [c for c, k in zip(cats, keep) if k], sid
+
+    if isinstance(ds, datasets.Dataset):
+        # Random access: index the rows (boxes and labels only; the image's header is read only
+        # when the rows have no width / height columns), decode each image when it is used.
+        sized = "width" in ds.column_names and "height" in ds.column_names
+        meta = ds.select_columns([c for c in ds.column_names if c != image_key]) if sized else ds
+        records = []
+        for i, row in enumerate(meta):
+            if max_samples is not None and len(records) >= max_samples:
+                break
+            if sized:
+                row = dict(row, **{image_key: None})
+            image, bboxes, cats, sid = fields(i, row)
+            ref = DatasetRowImage(ds, i, image_key)
+            if sized:
+                rec = cleaner.record(ref, bboxes, cats, sid, size=(int(row["width"]), int(row["height"])))
+            else:
+                rec = cleaner.record(image, bboxes, cats, sid)
+                if rec is not None:
+                    rec.image = ref  # the row, not a copy of its bytes
+            if rec is not None:
+                records.append(rec)
+        return RecordSource(records, img_size=img_size, letterbox=letterbox, name=name)
+
+    def gen() -> Iterator[Example]:  # streaming: clean and decode each row as it arrives
+        rows = iter(ds)
+        i = 0
+        while True:
+            with hub_errors(name):
+                row = next(rows, None)
+            if row is None:
+                return
+            image, bboxes, cats, sid = fields(i, row)
+            i += 1
             ex = cleaner(image, bboxes, cats, sid)
             if ex is not None:
                 yield ex
 
     return _limit(gen(), max_samples)
+
+
+class DatasetRowImage:
+    """The image of row ``index`` of a Hugging Face ``Dataset`` (read from Arrow, decoded on
+    :meth:`load`); pickles by the dataset's own rules (memory-mapped files by reference)."""
+
+    def __init__(self, ds: Any, index: int, image_key: str = "image") -> None:
+        self.ds, self.index, self.image_key = ds, index, image_key
+
+    def load(self) -> Image.Image:
+        return open_image(self.ds[self.index][self.image_key])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return image_size(self.ds[self.index][self.image_key])
 
 
 # --------------------------------------------------------------------------- COCO json
@@ -649,7 +844,8 @@ def coco_json_examples(
     max_samples: Optional[int] = None,
     stats: Optional[DataStats] = None,
 ) -> Iterator[Example]:
-    """Yield cleaned examples from a COCO ``instances_*.json`` and its image folder.
+    """Cleaned examples of a COCO ``instances_*.json`` and its image folder, as a
+    :class:`RecordSource` (annotations indexed now, images decoded when read).
 
     Images are visited in the order of the json's ``images`` list and read from
     ``image_dir / file_name``. Annotation ``bbox`` is COCO ``xywh`` pixels;
@@ -662,8 +858,8 @@ def coco_json_examples(
         images without annotations are kept by default (they train as background).
       max_samples: stop after this many kept examples.
 
-    Yields:
-      :class:`Example` with ``source_id`` = the image file path.
+    Returns:
+      :class:`RecordSource` of :class:`Example` with ``source_id`` = the image file path.
 
     Raises:
       ValueError: an annotation names a category id missing from ``categories``,
@@ -684,28 +880,32 @@ def coco_json_examples(
         anns_by_image[a["image_id"]].append(a)
     image_dir = Path(image_dir)
 
-    def gen() -> Iterator[Example]:
-        for info in coco.get("images", []):
-            path = image_dir / info["file_name"]
-            sid = str(path)
-            bboxes, labels = [], []
-            for a in anns_by_image.get(info["id"], []):
-                if a.get("iscrowd", 0):
-                    cleaner.stats.iscrowd_skipped += 1
-                    continue
-                cid = int(a["category_id"])
-                if cid not in id_to_label:
-                    raise ValueError(
-                        f"{sid}: annotation {a.get('id')} has category_id {cid}, which is not in the"
-                        f" json's categories {sorted(id_to_label)}"
-                    )
-                bboxes.append(a["bbox"])
-                labels.append(id_to_label[cid])
-            ex = cleaner(path, bboxes, labels, sid)
-            if ex is not None:
-                yield ex
-
-    return _limit(gen(), max_samples)
+    records = []
+    for info in coco.get("images", []):
+        if max_samples is not None and len(records) >= max_samples:
+            break
+        path = image_dir / info["file_name"]
+        sid = str(path)
+        bboxes, labels = [], []
+        for a in anns_by_image.get(info["id"], []):
+            if a.get("iscrowd", 0):
+                cleaner.stats.iscrowd_skipped += 1
+                continue
+            cid = int(a["category_id"])
+            if cid not in id_to_label:
+                raise ValueError(
+                    f"{sid}: annotation {a.get('id')} has category_id {cid}, which is not in the"
+                    f" json's categories {sorted(id_to_label)}"
+                )
+            bboxes.append(a["bbox"])
+            labels.append(id_to_label[cid])
+        # The json's size, if it gives one and the file exists (else its header is read).
+        size = (int(info["width"]), int(info["height"])) if info.get("width") and info.get("height") \
+            and path.is_file() else None
+        rec = cleaner.record(path, bboxes, labels, sid, size=size)
+        if rec is not None:
+            records.append(rec)
+    return RecordSource(records, img_size=img_size, letterbox=letterbox, name=str(annotation_json))
 
 
 # --------------------------------------------------------------------------- YOLO txt
@@ -800,7 +1000,8 @@ def yolo_txt_examples(
     max_samples: Optional[int] = None,
     stats: Optional[DataStats] = None,
 ) -> Iterator[Example]:
-    """Yield cleaned examples from an Ultralytics YOLO folder.
+    """Cleaned examples of an Ultralytics YOLO folder, as a :class:`RecordSource` (label files
+    read and image headers checked now, images decoded when read).
 
     Images are the files with :data:`IMAGE_EXTENSIONS` under the images folder
     (recursively, sorted by path); the label of ``images/<split>/a/b.jpg`` is
@@ -811,8 +1012,8 @@ def yolo_txt_examples(
       num_classes, skip_empty, img_size, letterbox: see :class:`ExampleCleaner`.
       max_samples: stop after this many kept examples.
 
-    Yields:
-      :class:`Example` with ``source_id`` = the image file path.
+    Returns:
+      :class:`RecordSource` of :class:`Example` with ``source_id`` = the image file path.
     """
     img_dir, lab_dir = yolo_dirs(root, split)
     files = sorted(p for p in img_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
@@ -825,15 +1026,16 @@ def yolo_txt_examples(
         stats=stats,
     )
 
-    def gen() -> Iterator[Example]:
-        for path in files:
-            label_path = (lab_dir / path.relative_to(img_dir)).with_suffix(".txt")
-            boxes, labels = read_yolo_label_file(label_path)
-            ex = cleaner(path, boxes, labels, str(path))
-            if ex is not None:
-                yield ex
-
-    return _limit(gen(), max_samples)
+    records = []
+    for path in files:
+        if max_samples is not None and len(records) >= max_samples:
+            break
+        label_path = (lab_dir / path.relative_to(img_dir)).with_suffix(".txt")
+        boxes, labels = read_yolo_label_file(label_path)
+        rec = cleaner.record(path, boxes, labels, str(path))
+        if rec is not None:
+            records.append(rec)
+    return RecordSource(records, img_size=img_size, letterbox=letterbox, name=str(root))
 
 
 def yolo_class_names(root: Union[str, os.PathLike]) -> Optional[list[str]]:

@@ -1,0 +1,139 @@
+"""Images per second of the input pipeline at 640 px, from a YOLO folder of JPEGs.
+
+Run:  python benchmarks/input_pipeline.py [--images 256 --img-size 640 --batch 16 --workers 0,1,2]
+
+It writes a synthetic YOLO folder (``images/train/*.jpg`` of COCO-like sizes, 480x640 and
+640x427, quality 90, with ``labels/train/*.txt``) into ``--dir`` (default: a temporary folder),
+then, for every worker count and for ``--augment none`` and ``ultralytics``, times
+``TrainPipeline.dataset`` (Grain; workers = processes, 0 = in-process threads) over ``--batches``
+batches after one untimed batch (worker start-up excluded). Every figure is images/s and
+images/s per core used (``max(workers, 1)`` cores; the in-process path runs 2 threads).
+
+The reference, measured in the same run: ``torch.utils.data.DataLoader`` over the same files
+with the notebook's preprocessing (PIL decode, plain resize to 640, ``ToTensor``-style float
+conversion), ``num_workers`` = the same counts. The ratio printed is JAX-side / reference
+images/s (> 1: the Grain pipeline is faster). The Grain pipeline's ``none`` does the same work
+(decode, plain resize) but hands over uint8 (the float conversion happens on the device).
+
+It also prints the cores needed per GPU to feed ``--gpu-images-per-s`` (412: the notebook
+network's bfloat16 training step on an H200, batch 64; benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from yolo11_jax.data import ULTRALYTICS, Augment, TrainPipeline, build_dataset  # noqa: E402
+
+
+def write_folder(root: Path, n: int, seed: int = 0) -> Path:
+    """A YOLO folder of ``n`` noisy JPEGs with 1 to 8 boxes each (written once, reused)."""
+    img_dir, lab_dir = root / "images" / "train", root / "labels" / "train"
+    if img_dir.is_dir() and len(list(img_dir.glob("*.jpg"))) == n:
+        return root
+    img_dir.mkdir(parents=True, exist_ok=True)
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        h, w = (480, 640) if i % 2 == 0 else (427, 640)
+        base = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((w, h), Image.BILINEAR)
+        noise = rng.integers(-12, 12, (h, w, 3))
+        Image.fromarray(np.clip(np.asarray(img, np.int32) + noise, 0, 255).astype(np.uint8)).save(
+            img_dir / f"{i:06d}.jpg", quality=90)
+        k = int(rng.integers(1, 9))
+        cxcy, wh = rng.uniform(0.2, 0.8, (k, 2)), rng.uniform(0.05, 0.3, (k, 2))
+        lines = [f"{int(rng.integers(0, 80))} {a:.5f} {b:.5f} {c:.5f} {d:.5f}" for (a, b), (c, d) in zip(cxcy, wh)]
+        (lab_dir / f"{i:06d}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def time_grain(source, args, augment: Augment, workers: int) -> float:
+    pipe = TrainPipeline(source, batch_size=args.batch, img_size=args.img_size, max_boxes=100, seed=0,
+                         augment=augment, epochs=100, workers=workers)
+    it = iter(pipe.dataset(args.batches + 1))
+    next(it)  # start-up (worker processes, first decode)
+    t0 = time.perf_counter()
+    for _ in range(args.batches):
+        next(it)
+    return args.batches * args.batch / (time.perf_counter() - t0)
+
+
+class _NotebookDataset:
+    """The notebook's preprocessing on files: decode, plain resize, float CHW tensor in [0, 1]."""
+
+    def __init__(self, files, img_size):
+        self.files, self.img_size = files, img_size
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        import torch
+
+        img = Image.open(self.files[i]).convert("RGB").resize((self.img_size, self.img_size))
+        return torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255.0
+
+
+def time_torch(files, args, workers: int) -> float:
+    import torch
+
+    loader = torch.utils.data.DataLoader(_NotebookDataset(files, args.img_size), batch_size=args.batch, shuffle=True,
+                                         num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    it = iter(loader)
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(args.batches):
+        try:
+            next(it)
+        except StopIteration:
+            it = iter(loader)
+            next(it)
+    return args.batches * args.batch / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=256, help="JPEGs in the folder")
+    ap.add_argument("--img-size", type=int, default=640)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batches", type=int, default=8, help="timed batches per configuration")
+    ap.add_argument("--workers", default="0,1,2", help="worker counts, comma-separated")
+    ap.add_argument("--dir", type=Path, default=None, help="folder for the JPEGs (default: a temporary one)")
+    ap.add_argument("--gpu-images-per-s", type=float, default=412.0)
+    ap.add_argument("--skip-torch", action="store_true")
+    args = ap.parse_args()
+    root = args.dir or Path(tempfile.gettempdir()) / f"yolo11_jax_bench_jpegs_{args.images}"
+    write_folder(root, args.images)
+    data = build_dataset(str(root), split="train", img_size=None, num_classes=80)
+    files = sorted((root / "images" / "train").glob("*.jpg"))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {len(data.examples)} JPEGs (640x480 / 640x427) "
+          f"in {root}; {args.img_size} px, batch {args.batch}, {args.batches} timed batches")
+    print("| augment | workers | Grain images/s | per core | reference (torch DataLoader) images/s | ratio |")
+    print("|---|---|---|---|---|---|")
+    best = {}
+    for name, augment in (("none", Augment()), ("ultralytics", ULTRALYTICS)):
+        for workers in (int(w) for w in args.workers.split(",")):
+            ours = time_grain(data.examples, args, augment, workers)
+            ref = float("nan") if args.skip_torch else time_torch(files, args, workers)
+            per_core = ours / max(workers, 1)
+            best[name] = max(best.get(name, 0.0), per_core)
+            print(f"| {name} | {workers} | {ours:.1f} | {per_core:.1f} | {ref:.1f} | {ours / ref:.2f}x |")
+    for name, per_core in best.items():
+        print(f"cores per GPU at {args.gpu_images_per_s:.0f} images/s, augment {name}: "
+              f"{args.gpu_images_per_s / per_core:.1f} (at {per_core:.1f} images/s per core)")
+
+
+if __name__ == "__main__":
+    main()
