@@ -87,7 +87,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_class_id_out_of_range_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match=r"dataset\[\d+\]: class id \d is outside the valid range 0\.\.1"):
+    with pytest.raises(ValueError, match=r"shapes/train\[\d+\]: class id \d is outside the valid range 0\.\.1"):
         train(smoke_config(tmp_path, "cls", num_classes=2), progress=False)
     assert not (tmp_path / "cls" / "checkpoints").exists()
 
@@ -234,3 +234,31 @@ def test_options_come_from_one_declaration():
     assert problems == ["--model must be one of " + ", ".join(TrainConfig.__dataclass_fields__["model"]
                                                               .metadata["choices"]) + ", got 'huge'",
                         "--img-size must be a multiple of 32, got 100", "--topk must be >= 1, got 0"]
+
+
+def test_fine_tuning_from_an_80_class_checkpoint(tmp_path, capsys):
+    """--init-weights: an 80-class yolo11n checkpoint into a 4-class run re-initialises the class
+    outputs (named in the log), loads everything else, and a few training steps lower the loss."""
+    from flax import nnx
+
+    from yolo11_jax import convert
+    from yolo11_jax.presets import build_model
+
+    ckpt = tmp_path / "yolo11n-80.safetensors"
+    source = build_model("yolo11n", num_classes=80, rngs=nnx.Rngs(7))
+    convert.save_safetensors(source, ckpt)
+    cfg = smoke_config(tmp_path, "ft", model="yolo11n", init_weights=str(ckpt), img_size=96, shapes_img_size=96,
+                       steps=8, log_every=1, lr=2e-3)
+    train(cfg, progress=True)
+    out = capsys.readouterr()
+    log = out.out + out.err
+    assert "init weights:" in log and "re-initialised (class count differs)" in log
+    assert "model.23.cv3.0.2" in log and "model.23.cv2" not in log.split("re-initialised")[1]
+    losses = [r["total_loss"] for r in step_rows(tmp_path / "ft")]
+    assert len(losses) == 8 and np.mean(losses[-2:]) < losses[0]
+    # everything but the class branch came from the checkpoint
+    from safetensors.numpy import load_file
+    import json as _json
+    assert _json.loads((tmp_path / "ft" / "config.json").read_text())["init_weights"] == str(ckpt)
+    assert load_file(str(ckpt))["model.0.conv.weight"].shape == load_file(
+        str(tmp_path / "ft" / "weights.safetensors"))["model.0.conv.weight"].shape

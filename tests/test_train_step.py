@@ -129,3 +129,89 @@ def test_schedules():
     assert float(step_cos(5)) == pytest.approx((1 + np.cos(np.pi * 0.5)) / 2, rel=1e-6)
     with pytest.raises(ValueError, match="unknown schedule"):
         make_schedule(1.0, schedule="linear", epochs=1, steps_per_epoch=1)
+
+
+def test_without_torch_compat_the_step_is_the_plain_optax_chain():
+    """``torch_compat=False``: the optimizer is ``optax.chain(clip_by_global_norm, adamw)`` (bit for
+    bit on the same gradients), the step applies it (parameters within 1e-2 lr per element of
+    that chain applied to separately computed gradients: the step is one fused XLA program, and
+    Adam's first update, g / (|g| + eps), amplifies float32 rounding where a gradient is near 0),
+    and on a batch without boxes the regression branch still moves (weight decay), where
+    ``torch_compat=True`` leaves it untouched as the notebook does."""
+    import optax
+
+    from yolo11_jax.step import make_loss_fn
+
+    num_classes, img_size, lr = 3, 64, 1e-3
+    model = YOLOv11(num_classes, base=4, depth=1, rngs=nnx.Rngs(0))
+    graphdef, params, rest = split_model(model)
+    lr_fn = make_schedule(lr, schedule="constant", epochs=1, steps_per_epoch=1)
+    batch = make_batches(num_classes, img_size, 2, 1, max_boxes=3, seed=5)[0]
+    empty = dict(batch, mask=np.zeros_like(batch["mask"]))
+
+    def one_step(b, torch_compat):
+        tx = make_optimizer(lr_fn, weight_decay=0.05, clip_norm=10.0, torch_compat=torch_compat)
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.copy, params),
+                           rest=jax.tree.map(jnp.copy, rest), opt_state=tx.init(params))  # (the step donates them)
+        step = make_train_step(graphdef, tx, lr_fn=lr_fn, img_size=img_size, torch_compat=torch_compat)
+        return step(state, b)[0].params
+
+    grads = jax.jit(jax.grad(lambda p: make_loss_fn(graphdef, img_size=img_size)(p, rest, batch)[0]))(params)
+    plain = optax.chain(optax.clip_by_global_norm(10.0), optax.adamw(lr_fn, weight_decay=0.05))
+    ours = make_optimizer(lr_fn, weight_decay=0.05, clip_norm=10.0, torch_compat=False)
+    want_updates, _ = plain.update(grads, plain.init(params), params)
+    got_updates, _ = ours.update(grads, ours.init(params), params)
+    for a, b in zip(jax.tree.leaves(got_updates), jax.tree.leaves(want_updates)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    want = optax.apply_updates(params, want_updates)
+    got = one_step(batch, torch_compat=False)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-2 * lr)
+
+    reg = lambda p: p["head"]["heads"][0]["reg_pred"]["kernel"][...]  # noqa: E731
+    before = np.asarray(reg(params))
+    assert not np.array_equal(np.asarray(reg(one_step(empty, torch_compat=False))), before)
+    np.testing.assert_array_equal(np.asarray(reg(one_step(empty, torch_compat=True))), before)
+
+
+def test_uint8_images_are_converted_inside_the_step():
+    """A uint8 batch trains exactly like the float32 batch ``images / 255`` computed by the same
+    device arithmetic (``step.prepare_images``, jitted): bit-identical parameters and metrics, so
+    the input pipeline can ship uint8 (4x less host-to-device traffic). ``prepare_images`` is within
+    one float32 ulp of torch's ``img.float() / 255`` (XLA may divide by multiplying with the
+    reciprocal) and leaves float32 input untouched."""
+    from yolo11_jax.step import prepare_images
+
+    num_classes, img_size = 3, 64
+    model = YOLOv11(num_classes, base=4, depth=1, rngs=nnx.Rngs(0))
+    graphdef, params, rest = split_model(model)
+    lr_fn = make_schedule(1e-3, schedule="constant", epochs=1, steps_per_epoch=1)
+    tx = make_optimizer(lr_fn)
+    batch = make_batches(num_classes, img_size, 2, 1, max_boxes=3, seed=6)[0]
+    u8 = dict(batch, images=np.round(batch["images"] * 255).astype(np.uint8))
+    f32 = dict(batch, images=np.asarray(jax.jit(prepare_images)(u8["images"])))
+    assert f32["images"].dtype == np.float32
+    np.testing.assert_allclose(f32["images"], u8["images"].astype(np.float32) / np.float32(255), rtol=1.2e-7, atol=0)
+    np.testing.assert_array_equal(np.asarray(prepare_images(jnp.asarray(batch["images"]))), batch["images"])
+
+    results = []
+    for b in (u8, f32):
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.copy, params),
+                           rest=jax.tree.map(jnp.copy, rest), opt_state=tx.init(params))
+        step = make_train_step(graphdef, tx, lr_fn=lr_fn, img_size=img_size)
+        results.append(jax.device_get(step(state, b)))
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_make_train_step_rejects_inconsistent_options():
+    model = YOLOv11(3, base=4, depth=1, rngs=nnx.Rngs(0))
+    graphdef, _, _ = split_model(model)
+    lr_fn = make_schedule(1e-3, schedule="constant", epochs=1, steps_per_epoch=1)
+    tx = make_optimizer(lr_fn)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        make_train_step(graphdef, tx, recipe="yolov8")
+    with pytest.raises(ValueError, match="torch_compat"):
+        make_train_step(graphdef, tx, recipe="ultralytics", torch_compat=True)
+    with pytest.raises(ValueError, match="not both"):
+        make_train_step(graphdef, tx, lr_fn=lr_fn, hyperparams_fn=lambda step: {})

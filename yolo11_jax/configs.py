@@ -16,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from yolo11_jax.config import at_least, greater_than, multiple_of, option
+from yolo11_jax.config import at_least, between, greater_than, multiple_of, option
 from yolo11_jax.optim import SCHEDULES
 from yolo11_jax.presets import PRESETS
 
 DTYPES = ("float32", "bfloat16")
+RECIPES = ("notebook", "ultralytics")
+OPTIMIZERS = ("notebook", "auto", "AdamW", "SGD")
 ASSIGNERS = ("dense", "chunked", "chunked-sparse")
 
 
@@ -64,25 +66,82 @@ class TrainConfig:
                              check=at_least(1))
     max_boxes: int = option(8, "ground-truth boxes per image after padding (more are dropped with a warning)",
                             check=at_least(1))
-    workers: int = option(2, "background threads preparing batches", check=at_least(0))
+    workers: int = option(0, "worker processes reading, decoding and augmenting batches (Grain); 0: in this "
+                          "process, with threads", check=at_least(0))
+    augment: Optional[str] = option(None, "training augmentation: none (the notebook's plain resize) or ultralytics "
+                                    "(mosaic, random affine, HSV, flip, with Ultralytics' YOLO11 settings); the "
+                                    "options below override single parts (default: the recipe's: none, ultralytics)",
+                                    choices=("none", "ultralytics"))
+    mosaic: Optional[float] = option(None, "probability of a 4-image mosaic (default: from --augment: 0, or 1.0)",
+                                     check=between(0, 1))
+    close_mosaic: Optional[int] = option(None, "no mosaic in the last N epochs (default: from --augment: 0, or 10)",
+                                         check=at_least(0))
+    degrees: Optional[float] = option(None, "random rotation, +- degrees (default: from --augment: 0)",
+                                      check=at_least(0))
+    translate: Optional[float] = option(None, "random translation, +- fraction of the image (default: from "
+                                        "--augment: 0, or 0.1)", check=between(0, 1))
+    scale: Optional[float] = option(None, "random scale gain, +- fraction (default: from --augment: 0, or 0.5)",
+                                    check=between(0, 1))
+    shear: Optional[float] = option(None, "random shear, +- degrees (default: from --augment: 0)", check=at_least(0))
+    hsv_h: Optional[float] = option(None, "hue gain, +- fraction of the hue circle (default: from --augment: 0, "
+                                    "or 0.015)", check=between(0, 1))
+    hsv_s: Optional[float] = option(None, "saturation gain, +- fraction (default: from --augment: 0, or 0.7)",
+                                    check=between(0, 1))
+    hsv_v: Optional[float] = option(None, "value gain, +- fraction (default: from --augment: 0, or 0.4)",
+                                    check=between(0, 1))
+    fliplr: Optional[float] = option(None, "probability of a horizontal flip (default: from --augment: 0, or 0.5)",
+                                     check=between(0, 1))
+    init_weights: Optional[str] = option(None, "start from these weights (fine-tuning): an Ultralytics .pt "
+                                         "checkpoint (yolo11n.pt, a best.pt) or a .safetensors file; with another "
+                                         "number of classes, the class-output layers are re-initialised")
     # -- length, optimizer, loss
     epochs: int = option(6, "training length in epochs (--steps overrides it)", check=at_least(1))
     steps: Optional[int] = option(None, "training length in optimizer steps (default: --epochs x the batches "
                                   "of an epoch)", check=at_least(1))
-    lr: float = option(1e-3, "peak AdamW learning rate", check=greater_than(0))
-    weight_decay: float = option(0.05, "AdamW decoupled weight decay (all parameters, as the notebook)",
-                                 check=at_least(0))
+    recipe: str = option("notebook", "training recipe: notebook (the notebook's loss and assigner, AdamW on every "
+                         "parameter with a cosine schedule, no augmentation) or ultralytics (Ultralytics' YOLO11 "
+                         "recipe: its loss and assigner, optimizer auto with three parameter groups, warmup, linear "
+                         "decay, accumulation to a nominal batch of 64, EMA, mosaic/affine/HSV/flip); --loss, "
+                         "--optimizer, --ema, --augment override single parts", choices=RECIPES)
+    loss: Optional[str] = option(None, "loss and label assignment: notebook or ultralytics (default: the recipe's)",
+                                 choices=RECIPES)
+    optimizer: Optional[str] = option(None, "notebook (AdamW with --lr, --weight-decay on every parameter, "
+                                      "--schedule), or Ultralytics' auto, AdamW, SGD (parameter groups, warmup, "
+                                      "linear decay, accumulation; auto: AdamW at lr round(0.002 * 5 / (4 + classes), "
+                                      "6) up to 10,000 iterations, else SGD 0.01) (default: the recipe's)",
+                                      choices=OPTIMIZERS)
+    ema: Optional[bool] = option(None, "keep an exponential moving average of the weights and BatchNorm statistics "
+                                 "(Ultralytics' ModelEMA), which evaluation and the exported weights use (default: "
+                                 "the recipe's: off, on)")
+    lr: Optional[float] = option(None, "learning rate: the notebook optimizer's peak (default 1e-3), Ultralytics' "
+                                 "lr0 for AdamW / SGD (default 0.01; auto picks its own)", check=greater_than(0))
+    weight_decay: Optional[float] = option(None, "weight decay: the notebook's AdamW on every parameter (default "
+                                           "0.05), Ultralytics' on the weights only, scaled by batch x accumulate / "
+                                           "64 (default 5e-4)", check=at_least(0))
+    momentum: Optional[float] = option(None, "Ultralytics' SGD momentum / AdamW beta1 (default 0.937; auto uses "
+                                       "0.9)", check=between(0, 1))
+    lrf: float = option(0.01, "Ultralytics: the final learning rate as a fraction of the first (linear decay)",
+                        check=between(0, 1))
+    warmup_epochs: float = option(3.0, "Ultralytics: warmup length in epochs (at least 100 iterations)",
+                                  check=at_least(0))
+    warmup_momentum: float = option(0.8, "Ultralytics: SGD momentum at the start of the warmup", check=between(0, 1))
+    warmup_bias_lr: float = option(0.1, "Ultralytics: the biases' learning rate at the start of the warmup "
+                                   "(auto: 0, as Ultralytics sets it)", check=at_least(0))
+    nbs: int = option(64, "Ultralytics: nominal batch size; gradients are accumulated over round(nbs / batch) "
+                      "steps", check=at_least(1))
     clip_norm: float = option(10.0, "global gradient-norm clipping (0 disables)", check=at_least(0))
-    schedule: str = option("epoch-cosine", "epoch-cosine (the notebook's CosineAnnealingLR stepped per epoch), "
-                           "step-cosine, constant", choices=SCHEDULES)
-    warmup_steps: int = option(0, "linear learning-rate warmup steps", check=at_least(0))
-    torch_compat: bool = option(True, "reproduce the notebook's PyTorch optimizer step for step: torch's "
-                                "clipping, and the regression branch left untouched on a batch without "
-                                "boxes (--no-torch-compat: the plain Optax chain)")
+    schedule: str = option("epoch-cosine", "notebook optimizer: epoch-cosine (the notebook's CosineAnnealingLR "
+                           "stepped per epoch), step-cosine, constant", choices=SCHEDULES)
+    warmup_steps: int = option(0, "notebook optimizer: linear learning-rate warmup steps", check=at_least(0))
+    torch_compat: Optional[bool] = option(None, "reproduce the notebook's PyTorch optimizer step for step: torch's "
+                                          "clipping, and the regression branch left untouched on a batch without "
+                                          "boxes (default: on with the notebook's loss and optimizer; "
+                                          "--no-torch-compat: the plain Optax chain)")
     cls_weight: float = option(0.5, "classification loss weight", check=at_least(0))
     box_weight: float = option(7.5, "CIoU loss weight", check=at_least(0))
     dfl_weight: float = option(1.5, "DFL loss weight", check=at_least(0))
-    topk: int = option(13, "TAL anchors per box", check=at_least(1))
+    topk: Optional[int] = option(None, "TAL anchors per box (default: the loss's: 13 notebook, 10 ultralytics)",
+                                 check=at_least(1))
     assigner: str = option("dense", "label assignment: dense (the plain spec, assign.py), chunked or "
                            "chunked-sparse (the same result by chunks, assign_chunked.py)", choices=ASSIGNERS)
     seed: int = option(0, "seed for initialisation and shuffling")
@@ -142,6 +201,44 @@ DESCRIPTIONS = {
 # Spellings of earlier versions: option and config names, and config.json keys.
 DEPRECATED_CONFIG_NAMES = {"notebook": "notebook-coco"}
 RENAMED_KEYS = {"preset": "config", "eval_every": "eval_every_epochs"}
+
+
+AUGMENT_FIELDS = ("mosaic", "close_mosaic", "degrees", "translate", "scale", "shear", "hsv_h", "hsv_s", "hsv_v",
+                  "fliplr")
+
+
+def augmentation(cfg: TrainConfig):
+    """The ``data.Augment`` a configuration asks for: ``--augment``'s settings, with every part
+    given on its own (``--mosaic`` ...) overriding them."""
+    from yolo11_jax.data import ULTRALYTICS, Augment
+
+    name = cfg.augment or ("ultralytics" if cfg.recipe == "ultralytics" else "none")
+    base = ULTRALYTICS if name == "ultralytics" else Augment()
+    return dataclasses.replace(base, **{k: getattr(cfg, k) for k in AUGMENT_FIELDS if getattr(cfg, k) is not None})
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The parts a configuration resolves to (``--recipe`` and the options that override it)."""
+
+    loss: str
+    optimizer: str
+    ema: bool
+    torch_compat: bool
+
+
+def resolve_recipe(cfg: TrainConfig) -> Recipe:
+    """``--recipe``'s choices, with ``--loss``, ``--optimizer``, ``--ema``, ``--torch-compat`` on top.
+    Raises ``ValueError`` for ``--torch-compat`` outside the notebook's loss and optimizer."""
+    ultra = cfg.recipe == "ultralytics"
+    loss = cfg.loss or ("ultralytics" if ultra else "notebook")
+    optimizer = cfg.optimizer or ("auto" if ultra else "notebook")
+    notebook_pair = loss == "notebook" and optimizer == "notebook"
+    if cfg.torch_compat and not notebook_pair:
+        raise ValueError("--torch-compat reproduces the notebook's loop: it needs --loss notebook and --optimizer "
+                         f"notebook (got --loss {loss}, --optimizer {optimizer})")
+    torch_compat = notebook_pair if cfg.torch_compat is None else cfg.torch_compat
+    return Recipe(loss=loss, optimizer=optimizer, ema=ultra if cfg.ema is None else cfg.ema, torch_compat=torch_compat)
 
 
 def named_config(name: str, **overrides) -> TrainConfig:

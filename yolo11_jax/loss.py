@@ -1,5 +1,8 @@
 """The notebook's composite detection loss: BCE (soft TAL targets) + CIoU + DFL.
 
+``detection_loss(..., recipe="ultralytics")`` dispatches to Ultralytics' loss instead
+(``loss_ultralytics``); ``recipe="notebook"``, the default, is what this docstring describes.
+
 ``detection_loss`` is a pure function of the network output and a padded batch
 of targets; it jit-compiles and makes no host sync. Semantics are the notebook's
 ``YOLOv11Loss``:
@@ -34,6 +37,11 @@ import jax.numpy as jnp
 from yolo11_jax.anchors import STRIDES, cxcywh_to_xyxy, decode_ltrb, flatten_levels, make_anchor_points
 from yolo11_jax.assign import Assignment, task_aligned_assign
 from yolo11_jax.iou import bbox_iou_elementwise
+from yolo11_jax.loss_ultralytics import ultralytics_detection_loss
+
+RECIPES = ("notebook", "ultralytics")
+NOTEBOOK_TOPK = 13     # the notebook's TaskAlignedAssigner() defaults
+NOTEBOOK_ALPHA = 1.0
 
 # A harmless box substituted for background rows before CIoU, so that no
 # inf/NaN can arise in a branch that is masked out afterwards ("double where").
@@ -61,13 +69,22 @@ def detection_loss(
     cls_weight: float = 0.5,
     box_weight: float = 7.5,
     dfl_weight: float = 1.5,
-    topk: int = 13,
-    alpha: float = 1.0,
+    topk: int | None = None,
+    alpha: float | None = None,
     beta: float = 6.0,
     eps: float = 1e-9,
-    assigner: Assigner = task_aligned_assign,
+    assigner: Assigner | None = None,
+    recipe: str = "notebook",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The notebook's YOLOv11 loss on a padded batch.
+    """The detection loss of a recipe on a padded batch: the notebook's YOLOv11 loss (default),
+    or Ultralytics' ``v8DetectionLoss`` with ``recipe="ultralytics"``.
+
+    ``recipe="ultralytics"`` returns ``loss_ultralytics.ultralytics_detection_loss(...)`` with the
+    same arguments, except that ``topk``, ``alpha`` and ``assigner`` left at ``None`` take that
+    function's defaults (Ultralytics' top-10, alpha 0.5 and ``assign_ultralytics.ultralytics_assign``),
+    not the notebook's. Its ``total`` is the per-image loss that Ultralytics logs; Ultralytics
+    backpropagates ``batch_size * total`` (see ``step.make_train_step``, which applies that factor).
+    The rest of this docstring describes the notebook recipe.
 
     Args:
       predictions: the network output, per level ``(cls_logits (B,H,W,C),
@@ -80,18 +97,32 @@ def detection_loss(
       num_classes: checked against the logits if given.
       reg_max, strides: the head's DFL bins and level strides.
       cls_weight, box_weight, dfl_weight: the notebook's 0.5 / 7.5 / 1.5.
-      topk, alpha, beta, eps: assigner options.
-      assigner: the label assignment, called as ``assigner(pred_scores (B,A,C), pred_bboxes
-        (B,A,4), anchor_points (A,2), gt_labels (B,M), gt_bboxes (B,M,4), gt_mask (B,M), *,
-        topk, alpha, beta, eps)`` with scores after sigmoid and boxes in xyxy pixels, and
-        returning an ``assign.Assignment``. Default: the spec, ``assign.task_aligned_assign``
-        (``assign_chunked.chunked_assigner(...)`` gives the same result by chunks).
+      topk, alpha, beta, eps: assigner options; ``topk`` and ``alpha`` default (``None``) to the
+        recipe's: 13 and 1.0 for the notebook, 10 and 0.5 for Ultralytics.
+      assigner: the label assignment (``None``: the recipe's), called as ``assigner(pred_scores
+        (B,A,C), pred_bboxes (B,A,4), anchor_points (A,2), gt_labels (B,M), gt_bboxes (B,M,4),
+        gt_mask (B,M), *, topk, alpha, beta, eps)`` with scores after sigmoid and boxes in xyxy
+        pixels, and returning an ``assign.Assignment``. The notebook's default: the spec,
+        ``assign.task_aligned_assign`` (``assign_chunked.chunked_assigner(...)`` gives the same
+        result by chunks).
+      recipe: ``"notebook"`` or ``"ultralytics"`` (see above).
 
     Returns:
       ``(total, parts)`` where ``parts`` has float32 scalars ``cls_loss``,
       ``box_loss``, ``dfl_loss``, ``total_loss`` and the int32 scalar ``num_pos``
       (the notebook reports ``max(num_pos, 1)``; so does this), and ``num_fg``, the raw count.
     """
+    if recipe == "ultralytics":
+        options = {k: v for k, v in (("topk", topk), ("alpha", alpha), ("assigner", assigner)) if v is not None}
+        return ultralytics_detection_loss(
+            predictions, gt_boxes, gt_labels, gt_mask, img_size=img_size, num_classes=num_classes,
+            reg_max=reg_max, strides=strides, box_weight=box_weight, cls_weight=cls_weight,
+            dfl_weight=dfl_weight, beta=beta, eps=eps, **options)
+    if recipe != "notebook":
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
+    topk = NOTEBOOK_TOPK if topk is None else topk
+    alpha = NOTEBOOK_ALPHA if alpha is None else alpha
+    assigner = task_aligned_assign if assigner is None else assigner
     img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     (cls_logits, ltrb, raw), feat_sizes = flatten_levels(predictions)
     b, a, c = cls_logits.shape

@@ -40,11 +40,12 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import grain
 import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
@@ -54,12 +55,15 @@ from yolo11_jax import convert, inference, parallel, plots
 from yolo11_jax.anchors import feature_sizes
 from yolo11_jax.assign_chunked import chunked_assigner
 from yolo11_jax.assign import task_aligned_assign
-from yolo11_jax.configs import CONFIGS, DEPRECATED_CONFIG_NAMES, DESCRIPTIONS, RENAMED_KEYS, TrainConfig, named_config
-from yolo11_jax.data import BatchLoader, build_dataset
+from yolo11_jax.configs import (CONFIGS, DEPRECATED_CONFIG_NAMES, DESCRIPTIONS, RENAMED_KEYS, TrainConfig, augmentation,
+                                named_config, resolve_recipe)
+from yolo11_jax.data import TrainPipeline, add_counts, build_dataset, warn_max_boxes
+from yolo11_jax.data.pipeline import StreamPipeline, StreamSource
 from yolo11_jax.model import count_parameters
-from yolo11_jax.optim import make_optimizer, make_schedule
+from yolo11_jax.ema import eval_variables
+from yolo11_jax.optim import make_optimizer, make_schedule, ultralytics_iterations, ultralytics_recipe
 from yolo11_jax.presets import build_model
-from yolo11_jax.step import TrainState, make_train_step, split_model
+from yolo11_jax.step import TrainState, init_train_state, make_train_step, split_model
 
 BATCH_KEYS = ("images", "boxes_cxcywh", "labels", "mask")
 LOSS_KEYS = ("total_loss", "cls_loss", "box_loss", "dfl_loss")
@@ -119,7 +123,9 @@ def resumed_config(run_dir: Path, args: argparse.Namespace, warn=C.warn_stderr) 
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         raise ValueError(f"--resume: {cfg_path} not found")
-    saved = C.from_dict(TrainConfig, json.loads(cfg_path.read_text()), renamed=RENAMED_KEYS, warn=warn)
+    values = json.loads(cfg_path.read_text())
+    values.pop("resolved", None)  # what the run derived from its settings (written for the record)
+    saved = C.from_dict(TrainConfig, values, renamed=RENAMED_KEYS, warn=warn)
     if args.config is not None and args.config != saved.config:
         raise ValueError(f"--config {args.config} with --resume: the run was started with config {saved.config!r}, "
                          "and resuming continues its saved configuration (override single options instead)")
@@ -132,6 +138,10 @@ def resumed_config(run_dir: Path, args: argparse.Namespace, warn=C.warn_stderr) 
 def check_config(cfg: TrainConfig) -> None:
     """Every option's check (see ``configs.TrainConfig``); one ``ValueError`` listing all problems."""
     problems = C.validate(cfg)
+    try:
+        resolve_recipe(cfg)
+    except ValueError as e:
+        problems.append(str(e))
     if problems:
         raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -143,21 +153,35 @@ def checkpoint_manager(run_dir: Path, keep: int) -> ocp.CheckpointManager:
                                  options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
-def save_checkpoint(mngr: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
+def save_checkpoint(mngr: ocp.CheckpointManager, state: TrainState, meta: dict, data_iterator=None) -> None:
+    """The train state, ``meta`` (JSON) and, if given, the input pipeline's iterator state
+    (Grain's Orbax handler: one file per process) in one Orbax checkpoint at the state's step."""
     step = int(parallel.to_host(state.step))
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-              force=True)
+    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    mngr.save(step, args=ocp.args.Composite(**items), force=True)
     mngr.wait_until_finished()
 
 
-def restore_checkpoint(mngr: ocp.CheckpointManager, like: TrainState, step: int | None = None):
+def restore_checkpoint(mngr: ocp.CheckpointManager, like: TrainState, step: int | None = None, data_iterator=None):
+    """``(state, meta, restored_data)``: ``data_iterator`` (a Grain iterator) is set to the saved
+    position when the checkpoint holds one that fits it (``restored_data`` True); a position saved
+    by a differently built pipeline (another worker count) does not fit, and is left alone."""
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                      meta=ocp.args.JsonRestore()))
-    return out.state, out.meta
+    restored = False
+    if data_iterator is not None and "data" in (mngr.item_metadata(step) or {}):
+        try:
+            mngr.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+            restored = True
+        except (KeyError, ValueError, TypeError):
+            restored = False
+    return out.state, out.meta, restored
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -200,20 +224,38 @@ def _mean_metrics(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def read_weights_file(path: Path) -> tuple[dict, str]:
+    """``(state dict, what it is)`` of an Ultralytics ``.pt`` (read without running code from it)
+    or a ``.safetensors`` file. Raises ``ValueError`` / ``FileNotFoundError`` naming the file."""
+    if not path.exists():
+        raise FileNotFoundError(f"--init-weights {path} not found")
+    if path.suffix == ".pt":
+        from yolo11_jax.ultralytics_pt import read_ultralytics
+
+        state_dict, info = read_ultralytics(path)
+        return state_dict, (f"{info['preset']} with {info['num_classes']} classes, Ultralytics "
+                            f"{info.get('ultralytics_version') or '?'} ({info.get('weights_key')})")
+    if path.suffix == ".safetensors":
+        return convert.load_safetensors(path), "a .safetensors file"
+    raise ValueError(f"--init-weights {path}: expected an Ultralytics .pt or a .safetensors file")
+
+
+def load_initial_weights(model, path: Path) -> str:
+    """Load ``path`` into ``model`` for fine-tuning (``convert.load_pretrained``); returns the log
+    line saying what was loaded and what was re-initialised."""
+    state_dict, what = read_weights_file(path)
+    try:
+        report = convert.load_pretrained(model, state_dict)
+    except ValueError as e:
+        raise ValueError(f"--init-weights {path} ({what}) does not fit --model: {e}") from None
+    return f"init weights: {path} ({what}): {report.summary()}"
+
+
 def _assigner(cfg: TrainConfig):
     if cfg.assigner == "dense":
         return task_aligned_assign
     return chunked_assigner(feature_sizes((cfg.img_size, cfg.img_size)),
                             method="sparse" if cfg.assigner == "chunked-sparse" else "dense")
-
-
-def batches_from(loader: BatchLoader, step: int) -> Iterator[dict]:
-    """The training batches from global step ``step`` on: epoch ``step // len(loader)``, from its
-    batch ``step % len(loader)``, then the following epochs (deterministic in seed and epoch)."""
-    epoch, first = divmod(step, len(loader))
-    while True:
-        yield from loader.epoch(epoch, start_batch=first)
-        epoch, first = epoch + 1, 0
 
 
 def _due(done: int, every_steps: int, every_epochs: int, steps_per_epoch: int, total: int) -> bool:
@@ -256,10 +298,12 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     train_data = build_dataset(cfg.data, split=cfg.split, num_classes=cfg.num_classes, img_size=cfg.img_size,
                                letterbox=cfg.letterbox, max_samples=cfg.max_samples, bbox_format=cfg.bbox_format,
                                image_dir=cfg.image_dir, shapes_num_images=cfg.shapes_train_images,
-                               shapes_img_size=cfg.shapes_img_size, shapes_seed=cfg.seed, progress=progress)
+                               shapes_img_size=cfg.shapes_img_size, shapes_seed=cfg.seed, progress=progress,
+                               stream=True)
+    streamed = isinstance(train_data.examples, StreamSource)
     cfg.num_classes = cfg.num_classes or train_data.num_classes
     cfg.class_names = cfg.class_names or train_data.class_names
-    log(f"train data: {len(train_data.examples)} images from {cfg.data!r} ({cfg.split}); "
+    log(f"train data: {'a stream' if streamed else len(train_data.examples)} images from {cfg.data!r} ({cfg.split}); "
         f"{train_data.stats.summary()}")
     val_data = None
     val_spec = cfg.val_data or cfg.data
@@ -279,17 +323,26 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     if cfg.class_names is not None and len(cfg.class_names) != cfg.num_classes:
         raise ValueError(f"{len(cfg.class_names)} class names for {cfg.num_classes} classes "
                          f"(--num-classes {cfg.num_classes}, the data names {list(cfg.class_names)})")
-    loader = BatchLoader(train_data.examples, batch_size=cfg.batch_size, img_size=cfg.img_size,
-                         max_boxes=cfg.max_boxes, shuffle=True, seed=cfg.seed, drop_last=True,
-                         letterbox=cfg.letterbox, num_workers=cfg.workers, stats=train_data.stats,
-                         rows=parallel.process_rows(cfg.batch_size))
-    steps_per_epoch = len(loader)
+    augment = augmentation(cfg)
+    if not augment.enabled and not streamed:  # (with augmentation, mosaics decide how many boxes an image has)
+        warn_max_boxes(train_data.examples, cfg.max_boxes)
+    pipeline = (StreamPipeline if streamed else TrainPipeline)(
+        train_data.examples, batch_size=cfg.batch_size, img_size=cfg.img_size, max_boxes=cfg.max_boxes, seed=cfg.seed,
+        letterbox=cfg.letterbox, augment=augment, epochs=cfg.epochs if cfg.steps is None else None,
+        workers=cfg.workers, shard=(jax.process_index(), jax.process_count()))
+    steps_per_epoch = pipeline.steps_per_epoch
+    if steps_per_epoch is None:  # a stream of unknown size: --steps sets the length, one nominal epoch
+        if cfg.steps is None:
+            raise ValueError(f"{cfg.data!r} is streamed and its size is unknown: give --steps (or --max-samples "
+                             "to read a subset into memory)")
+        steps_per_epoch = cfg.steps
     total_steps = cfg.steps or cfg.epochs * steps_per_epoch
-    if primary:
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    data_iterator = iter(pipeline.dataset(total_steps))
 
     # ---- model, optimizer, step
     model = build_model(cfg.model, num_classes=cfg.num_classes, dtype=DTYPES[cfg.dtype], rngs=nnx.Rngs(cfg.seed))
+    if cfg.init_weights and resume is None:
+        log(load_initial_weights(model, Path(cfg.init_weights)))
     eval_gd = inference.eval_graphdef(model)
     model.train()
     graphdef, params, rest = split_model(model)
@@ -297,23 +350,57 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         f"{cfg.img_size}px, {cfg.dtype}; {total_steps} steps ({steps_per_epoch} per epoch); "
         f"batch {cfg.batch_size} over {mesh.devices.size} {mesh.devices.flat[0].platform} device(s)"
         + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
-    lr_fn = make_schedule(cfg.lr, schedule=cfg.schedule, epochs=total_steps / steps_per_epoch,
-                          steps_per_epoch=steps_per_epoch, warmup_steps=cfg.warmup_steps)
-    tx = make_optimizer(lr_fn, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, torch_compat=cfg.torch_compat)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
-    state = parallel.replicate(state, mesh)
-    train_step = make_train_step(graphdef, tx, lr_fn=lr_fn, mesh=mesh, torch_compat=cfg.torch_compat,
-                                 img_size=cfg.img_size, num_classes=cfg.num_classes, cls_weight=cfg.cls_weight,
-                                 box_weight=cfg.box_weight, dfl_weight=cfg.dfl_weight, topk=cfg.topk,
-                                 assigner=_assigner(cfg))
+    recipe = resolve_recipe(cfg)
+    lr_fn, step_kwargs = None, {}
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    if recipe.optimizer == "notebook":
+        lr_fn = make_schedule(cfg.lr or 1e-3, schedule=cfg.schedule, epochs=total_steps / steps_per_epoch,
+                              steps_per_epoch=steps_per_epoch, warmup_steps=cfg.warmup_steps)
+        tx = make_optimizer(lr_fn, weight_decay=0.05 if cfg.weight_decay is None else cfg.weight_decay,
+                            clip_norm=cfg.clip_norm, torch_compat=recipe.torch_compat)
+        step_kwargs = dict(lr_fn=lr_fn, torch_compat=recipe.torch_compat)
+        optimizer_info = {"optimizer": "notebook AdamW", "lr": cfg.lr or 1e-3}
+    else:
+        num_images = total_steps * cfg.batch_size / epochs if streamed else len(train_data.examples)
+        tx, schedule, optimizer_info = ultralytics_recipe(
+            params, optimizer=recipe.optimizer, num_classes=cfg.num_classes, batch_size=cfg.batch_size,
+            steps_per_epoch=steps_per_epoch, epochs=epochs,
+            iterations=ultralytics_iterations(int(num_images), cfg.batch_size, epochs, nbs=cfg.nbs), lr0=cfg.lr,
+            lrf=cfg.lrf, momentum=cfg.momentum, weight_decay=5e-4 if cfg.weight_decay is None else cfg.weight_decay,
+            warmup_epochs=cfg.warmup_epochs, warmup_momentum=cfg.warmup_momentum, warmup_bias_lr=cfg.warmup_bias_lr,
+            nbs=cfg.nbs, clip_norm=cfg.clip_norm)
+        # Ultralytics backpropagates batch_size x the loss; its learning rates and clipping assume it.
+        step_kwargs = dict(hyperparams_fn=schedule, loss_scale="batch")
+    log(f"recipe: {cfg.recipe} (loss {recipe.loss}, optimizer {recipe.optimizer}, EMA {'on' if recipe.ema else 'off'}, "
+        f"augmentation {'on' if augment.enabled else 'off'}); " + ", ".join(f"{k}={v}" for k, v in optimizer_info.items()
+                                                                            if not isinstance(v, dict)))
+    if primary:
+        (run_dir / "config.json").write_text(json.dumps(
+            {**dataclasses.asdict(cfg), "resolved": {**dataclasses.asdict(recipe), "augment": dataclasses.asdict(augment),
+                                                      "optimizer_info": optimizer_info}}, indent=1, default=str))
+    state = parallel.replicate(init_train_state(params, rest, tx, ema=recipe.ema), mesh)
+    loss_kwargs = dict(cls_weight=cfg.cls_weight, box_weight=cfg.box_weight, dfl_weight=cfg.dfl_weight)
+    if cfg.topk is not None:
+        loss_kwargs["topk"] = cfg.topk
+    if recipe.loss == "notebook":
+        loss_kwargs["assigner"] = _assigner(cfg)
+    train_step = make_train_step(graphdef, tx, mesh=mesh, recipe=recipe.loss, img_size=cfg.img_size,
+                                 num_classes=cfg.num_classes, **step_kwargs, **loss_kwargs)
 
     parallel.barrier("setup")  # model init compiles per process; Orbax's next sync is a collective
     mngr = checkpoint_manager(run_dir, cfg.keep_checkpoints)
     start_step, history, evals, meta = 0, [], [], {}
     if resume is not None:
-        state, meta = restore_checkpoint(mngr, state)
+        state, meta, restored_data = restore_checkpoint(mngr, state, data_iterator=data_iterator)
         history, evals = meta.get("history", []), meta.get("evals", [])
         start_step = int(parallel.to_host(state.step))
+        if not restored_data:  # no pipeline state that fits: the position is a function of the step
+            log("the checkpoint holds no input-pipeline position that fits this pipeline (another --workers?); "
+                "the batches continue from the step, which gives the same data")
+            data_iterator = iter(pipeline.dataset(total_steps, start_step=start_step))
+        from yolo11_jax.data.pipeline import COUNTER_KEYS
+        for key in COUNTER_KEYS:  # the pipeline's counts up to the checkpoint
+            setattr(train_data.stats, key, int(meta.get("data_stats", {}).get(key, 0)))
         log(f"resumed {run_dir} at step {start_step} (epoch {start_step / steps_per_epoch:.2f})")
 
     metrics_file = None
@@ -330,7 +417,8 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
 
     def evaluate(done: int) -> dict:
         # On process 0's first device, from host copies of the replicated state.
-        eval_states = jax.device_put(parallel.to_host((state.params, state.rest)), jax.local_devices()[0])
+        # (the EMA when there is one)
+        eval_states = jax.device_put(parallel.to_host(eval_variables(state)), jax.local_devices()[0])
         res = inference.evaluate_examples(eval_gd, eval_states, val_data.examples, num_classes=cfg.num_classes,
                                           img_size=cfg.img_size, batch_size=cfg.eval_batch_size,
                                           letterbox=cfg.letterbox, class_names=cfg.class_names, progress=progress)
@@ -338,19 +426,18 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
 
     # ---- loop
     end_step = total_steps if stop_after_steps is None else min(total_steps, start_step + stop_after_steps)
-    batches = batches_from(loader, start_step)
     compiled_step = None
     t_start = time.perf_counter()
     pending = []                       # device metrics of the steps not yet read
     epoch_rows = list(meta.get("epoch_rows", [])) if resume is not None else []  # host metrics, this epoch
-    t_interval, n_interval = time.perf_counter(), 0
+    t_interval, n_interval, wait_interval = time.perf_counter(), 0, 0.0
     bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
 
     def flush(done: int, epoch: int) -> None:
         """Read the pending metrics (the only host sync of the loop), stop on a non-finite loss,
         log an interval row."""
-        nonlocal pending, t_interval, n_interval
+        nonlocal pending, t_interval, n_interval, wait_interval
         if not pending:
             return
         host = [{k: float(v) for k, v in r.items()} for r in parallel.to_host(pending)]
@@ -365,16 +452,20 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
                 + (f"the last good checkpoint (step {last}) in {run_dir / 'checkpoints'} is intact."
                    if last is not None else "no checkpoint had been written yet."))
         row = _mean_metrics(host)
-        row.update(epoch=epoch, step=done, images_per_s=n_interval / (time.perf_counter() - t_interval))
+        elapsed = time.perf_counter() - t_interval
+        row.update(epoch=epoch, step=done, images_per_s=n_interval / elapsed, data_wait_fraction=wait_interval / elapsed)
         write_metrics(dict(kind="interval", **row))
         epoch_rows.extend(host)
         bar.set_postfix(epoch=epoch, loss=f"{row['total_loss']:.3g}", cls=f"{row['cls_loss']:.3g}",
                         box=f"{row['box_loss']:.3g}", dfl=f"{row['dfl_loss']:.3g}", img_s=f"{row['images_per_s']:.0f}")
         bar.update(len(pending))
-        pending, t_interval, n_interval = [], time.perf_counter(), 0
+        pending, t_interval, n_interval, wait_interval = [], time.perf_counter(), 0, 0.0
 
     for step in range(start_step, end_step):
-        batch = next(batches)
+        t_wait = time.perf_counter()
+        batch = next(data_iterator)
+        wait_interval += time.perf_counter() - t_wait
+        add_counts(train_data.stats, batch)
         if step == start_step and primary:
             plots.plot_sample_batch(batch["images"], batch["boxes_cxcywh"], batch["mask"], batch["labels"],
                                     run_dir / "sample_batch.png", class_names=cfg.class_names)
@@ -396,7 +487,9 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         summary = None
         if epoch_end:
             summary = _mean_metrics(epoch_rows)
-            summary.update(epoch=epoch, step=done, lr=float(lr_fn(done - 1)), elapsed_s=time.perf_counter() - t_start)
+            summary.update(epoch=epoch, step=done, elapsed_s=time.perf_counter() - t_start)
+            if lr_fn is not None:
+                summary["lr"] = float(lr_fn(done - 1))
             epoch_rows = []
         if evaluation and _due(done, cfg.eval_every_steps, cfg.eval_every_epochs, steps_per_epoch, total_steps):
             if primary:
@@ -412,14 +505,17 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
             history.append(summary)
             write_metrics(dict(kind="epoch", **summary))
             log(f"epoch {epoch}: " + ", ".join(
-                f"{k}={summary[k]:.4g}" for k in ("total_loss", "cls_loss", "box_loss", "dfl_loss", "num_pos", "lr")))
+                f"{k}={summary[k]:.4g}" for k in ("total_loss", "cls_loss", "box_loss", "dfl_loss", "num_pos", "lr",
+                                                  "lr_weight") if k in summary))
             if primary:
                 plots.plot_loss_curves(history, run_dir / "loss_curves.png")
                 if evals:
                     plots.plot_map_curve(evals, run_dir / "map_curve.png")
         if save:
             save_checkpoint(mngr, state, {"step": done, "epoch": done / steps_per_epoch, "history": history,
-                                          "evals": evals, "epoch_rows": epoch_rows, "config": dataclasses.asdict(cfg)})
+                                          "evals": evals, "epoch_rows": epoch_rows, "data_stats":
+                                          train_data.stats.as_dict(), "config": dataclasses.asdict(cfg)},
+                            data_iterator)
             parallel.barrier(f"saved-{done}")
     bar.close()
 
@@ -428,7 +524,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         metrics_file.close()
         if finished:
             plots.plot_iou_variants(run_dir / "iou_variants.png")
-            nnx.update(model, *parallel.to_host((state.params, state.rest)))
+            nnx.update(model, *parallel.to_host(eval_variables(state)))  # the EMA when there is one
             convert.save_safetensors(model, run_dir / "weights.safetensors",
                                      metadata={"config": json.dumps(dataclasses.asdict(cfg))})
     result = dict(run_dir=str(run_dir), history=history, evals=evals, data_summary=train_data.stats.summary(),
