@@ -262,3 +262,45 @@ def test_fine_tuning_from_an_80_class_checkpoint(tmp_path, capsys):
     assert _json.loads((tmp_path / "ft" / "config.json").read_text())["init_weights"] == str(ckpt)
     assert load_file(str(ckpt))["model.0.conv.weight"].shape == load_file(
         str(tmp_path / "ft" / "weights.safetensors"))["model.0.conv.weight"].shape
+
+
+def test_the_ema_is_evaluated_and_exported_and_resumes_exactly(tmp_path, monkeypatch):
+    """--recipe ultralytics keeps an EMA: the exported weights are the EMA's (not the raw
+    parameters, which the checkpoint keeps too), and a run stopped inside an epoch and resumed
+    exports the same EMA, bit for bit."""
+    from flax import nnx
+
+    from yolo11_jax import convert
+    from yolo11_jax import train as train_mod
+    from yolo11_jax.ema import eval_variables
+
+    saved, exported = {}, {}
+    real_save, real_export = train_mod.save_checkpoint, convert.save_safetensors
+
+    def spy_save(mngr, state, meta, data_iterator=None):
+        saved[meta["step"]] = jax.device_get((state.params, state.rest, eval_variables(state)))
+        return real_save(mngr, state, meta, data_iterator)
+
+    def spy_export(model, path, metadata=None):
+        exported[str(path)] = convert.to_state_dict(model)
+        return real_export(model, path, metadata)
+
+    import jax
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", spy_save)
+    monkeypatch.setattr(convert, "save_safetensors", spy_export)
+    kw = dict(recipe="ultralytics", epochs=2, log_every=2, checkpoint_every=5)
+    train(smoke_config(tmp_path, "full", **kw), progress=False)
+    params, rest, (ema_params, ema_rest) = saved[16]
+    graphdef = nnx.graphdef(__import__("yolo11_jax.presets", fromlist=["x"]).build_model(
+        "tiny", num_classes=4, rngs=nnx.Rngs(0)))
+    want = convert.to_state_dict(nnx.merge(graphdef, ema_params, ema_rest))
+    raw = convert.to_state_dict(nnx.merge(graphdef, params, rest))
+    got = exported[str(tmp_path / "full" / "weights.safetensors")]
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert any(not np.array_equal(got[k], raw[k]) for k in raw if k.endswith(".weight"))
+    # interrupted after step 5 (inside epoch 1), resumed: the same EMA is exported
+    train(smoke_config(tmp_path, "part", **kw), progress=False, stop_after_steps=5)
+    train(smoke_config(tmp_path, "part", **kw), resume=tmp_path / "part", progress=False)
+    again = exported[str(tmp_path / "part" / "weights.safetensors")]
+    assert all(np.array_equal(again[k], got[k]) for k in got)

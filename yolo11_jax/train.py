@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from yolo11_jax import config as C
 from yolo11_jax import convert, inference, parallel, plots
-from yolo11_jax.anchors import feature_sizes
+from yolo11_jax.anchors import STRIDES, feature_sizes
 from yolo11_jax.assign_chunked import chunked_assigner
 from yolo11_jax.assign import task_aligned_assign
 from yolo11_jax.configs import (CONFIGS, DEPRECATED_CONFIG_NAMES, DESCRIPTIONS, RENAMED_KEYS, TrainConfig, augmentation,
@@ -63,6 +63,7 @@ from yolo11_jax.model import count_parameters
 from yolo11_jax.ema import eval_variables
 from yolo11_jax.optim import make_optimizer, make_schedule, ultralytics_iterations, ultralytics_recipe
 from yolo11_jax.presets import build_model
+from yolo11_jax.yolo11 import class_bias_init
 from yolo11_jax.step import TrainState, init_train_state, make_train_step, split_model
 
 BATCH_KEYS = ("images", "boxes_cxcywh", "labels", "mask")
@@ -343,6 +344,15 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     model = build_model(cfg.model, num_classes=cfg.num_classes, dtype=DTYPES[cfg.dtype], rngs=nnx.Rngs(cfg.seed))
     if cfg.init_weights and resume is None:
         log(load_initial_weights(model, Path(cfg.init_weights)))
+    elif resolve_recipe(cfg).loss == "ultralytics" and hasattr(model, "head"):
+        # The notebook's networks start with class logits near 0 (scores 0.5 at every anchor);
+        # Ultralytics' loss divides by the sum of the target scores, and its small learning rate
+        # would take thousands of steps to move the biases down. Its own networks start with
+        # Detect.bias_init's prior (yolo11.py); give the notebook's heads the same one.
+        for level, head in enumerate(model.head.heads):
+            head.cls_pred.bias[...] = jnp.full_like(head.cls_pred.bias[...],
+                                                     class_bias_init(cfg.num_classes, STRIDES[level]))
+        log("class-logit biases set to Ultralytics' prior, log(5 / classes / (640 / stride)^2)")
     eval_gd = inference.eval_graphdef(model)
     model.train()
     graphdef, params, rest = split_model(model)

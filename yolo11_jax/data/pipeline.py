@@ -215,6 +215,17 @@ def _worker_processes(ds: grain.IterDataset, workers: int, buffer: int = 2) -> g
     return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer))
 
 
+def _process_shard(batch_size: int, shard: Optional[tuple[int, int]]) -> tuple[int, int]:
+    """``(process index, process count)``: ``shard``, or ``grain.sharding.ShardByJaxProcess``'s;
+    the global batch must split evenly over the processes."""
+    if shard is None:
+        opts = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+        shard = (opts.shard_index, opts.shard_count)
+    if batch_size % shard[1]:
+        raise ValueError(f"batch size {batch_size} is not divisible by the {shard[1]} processes")
+    return shard
+
+
 def _read_options(workers: int) -> grain.ReadOptions:
     # In this process: a few threads (PIL releases the GIL while decoding and resizing).
     return grain.ReadOptions(num_threads=2 if workers == 0 else 1, prefetch_buffer_size=8)
@@ -245,11 +256,7 @@ class TrainPipeline:
         if len(source) < batch_size:
             raise ValueError(f"{len(source)} training examples < batch size {batch_size}: an epoch would have no "
                              "full batch; lower --batch-size")
-        if shard is None:
-            opts = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-            shard = (opts.shard_index, opts.shard_count)
-        if batch_size % shard[1]:
-            raise ValueError(f"batch size {batch_size} is not divisible by the {shard[1]} processes")
+        shard = _process_shard(batch_size, shard)
         self.source, self.batch_size, self.workers, self.shard = source, batch_size, workers, shard
         self.make_sample = MakeSample(source, img_size=img_size, max_boxes=max_boxes, letterbox=letterbox,
                                       augment=augment, seed=seed, epochs=epochs)
@@ -432,13 +439,9 @@ class StreamPipeline:
     def __init__(self, source: StreamSource, *, batch_size: int, img_size: int, max_boxes: int = 100, seed: int = 0,
                  letterbox: bool = False, augment: Augment = Augment(), epochs: Optional[int] = None,
                  workers: int = 0, shard: Optional[tuple[int, int]] = None) -> None:
-        if shard is None:
-            opts = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-            shard = (opts.shard_index, opts.shard_count)
-        if batch_size % shard[1]:
-            raise ValueError(f"batch size {batch_size} is not divisible by the {shard[1]} processes")
         import dataclasses
 
+        shard = _process_shard(batch_size, shard)
         self.source, self.batch_size, self.seed, self.shard = source, batch_size, seed, shard
         self.make_sample = _StreamSample([], img_size=img_size, max_boxes=max_boxes, letterbox=letterbox,
                                          augment=dataclasses.replace(augment, mosaic=0.0), seed=seed, epochs=epochs)
