@@ -348,20 +348,23 @@ def _ultralytics_steps(num_iterations, nw, batch, nbs=64):
     return steps
 
 
-@pytest.mark.parametrize("batch,nb,warmup_epochs", [(2, 2, 3.0), (16, 50, 3.0), (24, 40, 3.0), (7, 30, 5.5),
-                                                     (64, 40, 3.0), (128, 10, 3.0), (16, 40, 0.0)])
-def test_accumulation_windows_follow_the_stepping_rule(batch, nb, warmup_epochs):
+@pytest.mark.parametrize("batch,nb,warmup_epochs,nbs", [(2, 2, 3.0, 64), (16, 50, 3.0, 64), (24, 40, 3.0, 64),
+                                                         (7, 30, 5.5, 64), (64, 40, 3.0, 64), (128, 10, 3.0, 64),
+                                                         (16, 40, 0.0, 64), (16, 40, 3.0, 16), (8, 40, 3.0, 32)])
+def test_accumulation_windows_follow_the_stepping_rule(batch, nb, warmup_epochs, nbs):
     """The windows of ``optim.accumulation_windows`` reproduce ``ni - last_opt_step >= accumulate``
     with the warmup's accumulate ramp, and the recipe's ``optax.MultiSteps`` steps exactly there
-    (run for nw + 150 iterations)."""
+    (run for nw + 150 iterations); also for another nominal batch ``nbs`` (16 = the batch: no
+    accumulation at all, as the cpu-ultralytics config runs)."""
     nw = optim.warmup_iterations(warmup_epochs, nb)
     n = max(nw, 0) + 150
-    want = _ultralytics_steps(n, nw, batch)
-    assert optim.optimizer_step_iterations(n, nw, batch).tolist() == want
+    want = _ultralytics_steps(n, nw, batch, nbs)
+    assert optim.optimizer_step_iterations(n, nw, batch, nbs).tolist() == want
     params = _toy_params()
     tx, schedule, info = optim.ultralytics_recipe(params, optimizer="SGD", num_classes=3, batch_size=batch,
-                                                  steps_per_epoch=nb, epochs=10, warmup_epochs=warmup_epochs)
-    assert info["accumulate"] == max(round(64 / batch), 1)
+                                                  steps_per_epoch=nb, epochs=10, warmup_epochs=warmup_epochs,
+                                                  nbs=nbs)
+    assert info["accumulate"] == max(round(nbs / batch), 1)
 
     def body(carry, ni):
         opt_state = optim.set_hyperparams(carry, schedule(ni))
@@ -370,8 +373,10 @@ def test_accumulation_windows_follow_the_stepping_rule(batch, nb, warmup_epochs)
 
     _, stepped = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(n)))(tx.init(params))
     assert np.flatnonzero(np.asarray(stepped)).tolist() == want
-    if batch < 64 and warmup_epochs > 0:
+    if batch < nbs and warmup_epochs > 0:
         assert max(np.diff([-1] + want)) > 1  # the ramp did accumulate
+    if batch >= nbs:
+        assert want == list(range(n))  # one optimizer step per batch
 
 
 def test_accumulated_gradient_is_summed_and_clipped_like_torch():

@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from yolo11_jax.ema import EMA_DECAY, EMA_TAU
+from yolo11_jax.yolo11 import DETECT_INDEX
 
 SCHEDULES = ("epoch-cosine", "step-cosine", "constant")
 
@@ -99,13 +100,17 @@ def make_schedule(lr: float, *, schedule: str, epochs: int, steps_per_epoch: int
 
 
 REG_GROUP = "reg"
-_REG_MODULES = ("reg_convs", "reg_pred")
+# The box-regression branch of each network family: the notebook head's ``reg_convs`` /
+# ``reg_pred``, and YOLO11's ``Detect`` box branch ``model/23/cv2`` (``cv2`` elsewhere in YOLO11
+# is a C3k2 / SPPF convolution, hence the full prefix).
+_REG_KEY_PARTS = ("['reg_convs']", "['reg_pred']", f"['model'][{DETECT_INDEX}]['cv2']")
 
 
 def is_regression_param(path) -> bool:
-    """True for parameters of the heads' regression branch (``reg_convs``, ``reg_pred``)."""
+    """True for parameters of the box-regression branch: ``reg_convs`` / ``reg_pred`` (the
+    notebook's head) or ``model/23/cv2`` (YOLO11's ``Detect``)."""
     key = jax.tree_util.keystr(tuple(path))
-    return any(f"'{m}'" in key for m in _REG_MODULES)
+    return any(part in key for part in _REG_KEY_PARTS)
 
 
 def param_group(params):
