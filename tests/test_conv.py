@@ -1,8 +1,10 @@
-"""The CPU convolution with its kernel gradient as one matmul per tap (``model.conv_general_dilated``).
+"""The CPU convolutions of ``model.conv_general_dilated``: plain convolutions with their kernel
+gradient as one matmul per tap, and depthwise convolutions as a sum over taps.
 
-Tolerance: values equal to ``lax.conv_general_dilated`` exactly (same forward op); input
-gradients exactly (same transpose); kernel gradients to a relative error of 1e-5 (float32
-sums in another order).
+Tolerances: plain convolutions: values equal to ``lax.conv_general_dilated`` exactly (same
+forward op); input gradients exactly (same transpose); kernel gradients to a relative error of
+1e-5 (float32 sums in another order). Depthwise: values to 1e-6 of the largest output, input
+and kernel gradients to a relative error of 1e-5 (9 products summed in another order).
 """
 
 import jax
@@ -39,17 +41,49 @@ def test_kernel_gradient_matches_lax(k, stride, hw, cin, cout):
     assert rel_err(gw, rw) <= 1e-5
 
 
-def test_other_convolutions_fall_back_to_lax():
+def test_other_convolutions_fall_back_to_lax(monkeypatch):
     x = jnp.ones((1, 8, 8, 4), jnp.float32)
     w = jnp.ones((3, 3, 4, 4), jnp.float32)
     dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, DN)
-    grouped = jax.make_jaxpr(lambda x: M.conv_general_dilated(x, w[:, :, :1], (1, 1), ((1, 1), (1, 1)),
-                                                              dimension_numbers=dn, feature_group_count=4))(x)
+    grouped = jax.make_jaxpr(lambda x: M.conv_general_dilated(x, w[:, :, :2], (1, 1), ((1, 1), (1, 1)),
+                                                              dimension_numbers=dn, feature_group_count=2))(x)
     dilated = jax.make_jaxpr(lambda x: M.conv_general_dilated(x, w, (1, 1), ((2, 2), (2, 2)), rhs_dilation=(2, 2),
                                                               dimension_numbers=dn))(x)
     same = jax.make_jaxpr(lambda x: M.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn))(x)
-    for jaxpr in (grouped, dilated, same):
-        assert "custom_vjp" not in str(jaxpr)
+    xb, wb = x.astype(jnp.bfloat16), w[:, :, :1].astype(jnp.bfloat16)
+    depthwise_bf16 = jax.make_jaxpr(lambda x: M.conv_general_dilated(x, wb, (1, 1), ((1, 1), (1, 1)),
+                                                                     dimension_numbers=dn, feature_group_count=4))(xb)
+    monkeypatch.setenv("YOLO11_JAX_CPU_WGRAD", "lax")
+    switched_off = jax.make_jaxpr(lambda x: M.conv_general_dilated(x, w[:, :, :1], (1, 1), ((1, 1), (1, 1)),
+                                                                   dimension_numbers=dn, feature_group_count=4))(x)
+    for jaxpr in (grouped, dilated, same, depthwise_bf16, switched_off):
+        assert "custom_vjp" not in str(jaxpr) and "conv_general_dilated" in str(jaxpr)
+
+
+@pytest.mark.parametrize("k,stride,hw,c", [(3, 1, 12, 5), (3, 2, 12, 4), (3, 2, 13, 6), (5, 1, 9, 3)])
+def test_depthwise_convolution_by_taps_matches_lax(k, stride, hw, c):
+    """Depthwise (one input channel per group) float32 convolutions on the CPU run as a sum over
+    the kernel taps (no convolution op left), equal to lax's to float summation order."""
+    rng = np.random.default_rng(k * 100 + stride * 10 + hw + c)
+    x = jnp.asarray(rng.standard_normal((2, hw, hw + 3, c)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, 1, c)), jnp.float32)
+    pad = ((k // 2, k // 2), (k // 2, k // 2))
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, DN)
+
+    def ours(x, w):
+        return M.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn, feature_group_count=c)
+
+    def theirs(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn,
+                                            feature_group_count=c)
+
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, w))  # the taps path is really taken
+    got, want = jax.jit(ours)(x, w), jax.jit(theirs)(x, w)
+    assert got.shape == want.shape
+    assert float(jnp.max(jnp.abs(got - want))) <= 1e-6 * float(jnp.max(jnp.abs(want)))
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+    (gx, gw), (rx, rw) = jax.jit(jax.grad(loss(ours), (0, 1)))(x, w), jax.jit(jax.grad(loss(theirs), (0, 1)))(x, w)
+    assert rel_err(gx, rx) <= 1e-5 and rel_err(gw, rw) <= 1e-5
 
 
 def test_network_convolutions_use_it_on_cpu():

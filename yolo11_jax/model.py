@@ -103,20 +103,56 @@ def _conv_nhwc_cpu_bwd(strides, padding, residuals, dy):
 _conv_nhwc_cpu.defvjp(_conv_nhwc_cpu_fwd, _conv_nhwc_cpu_bwd)
 
 
+def depthwise_conv_by_taps(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                           padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """A depthwise convolution written as a sum over its kernel taps of shifted, strided slices
+    of ``x`` times one row of the kernel: ``x (B, H, W, C)`` NHWC, ``kernel (kh, kw, 1, C)`` HWIO,
+    explicit ``padding ((top, bottom), (left, right))`` -> ``(B, H', W', C)``.
+
+    Equal to ``lax.conv_general_dilated(..., feature_group_count=C)`` up to float summation
+    order (tested in tests/test_model_parity.py). XLA's CPU backend runs depthwise convolutions
+    an order of magnitude slower than this elementwise form, which it fuses into one loop;
+    autodiff goes through the slices, so the gradients take the same form."""
+    kh, kw, _, c = kernel.shape
+    sh, sw = strides
+    x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    b, hp, wp, _ = x.shape
+    h_out, w_out = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = jax.lax.slice(x, (0, i, j, 0), (b, i + (h_out - 1) * sh + 1, j + (w_out - 1) * sw + 1, c),
+                                (1, sh, sw, 1))
+            term = tap * kernel[i, j, 0].astype(x.dtype)
+            out = term if out is None else out + term
+    return out
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """``lax.conv_general_dilated`` for ``nnx.Conv``; on the CPU backend, plain NHWC convolutions
-    take their kernel gradient from :func:`_weight_grad_by_shifted_dots` (same values up to
-    float32 summation order). Everything else, and every other backend, is ``lax``'s.
-    ``YOLO11_JAX_CPU_WGRAD=lax`` (read when a function is traced) turns this off, for comparisons."""
+    """``lax.conv_general_dilated`` for ``nnx.Conv``. On the CPU backend, for NHWC inputs with
+    explicit padding and no dilation:
+
+    * plain convolutions take their kernel gradient from :func:`_weight_grad_by_shifted_dots`;
+    * float32 / float64 depthwise convolutions (one input channel per group, YOLO11's ``DWConv``
+      and attention ``pe``) run as :func:`depthwise_conv_by_taps`.
+
+    Both give the same values as ``lax`` up to float summation order. Everything else, and every
+    other backend, is ``lax``'s. ``YOLO11_JAX_CPU_WGRAD=lax`` (read when a function is traced)
+    turns both off, for comparisons."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}  # nnx.Conv passes out_sharding=None
-    plain = (jax.default_backend() == "cpu" and os.environ.get("YOLO11_JAX_CPU_WGRAD", "dots") == "dots"
-             and not kwargs and precision is None and feature_group_count == 1
-             and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-             and not isinstance(padding, str) and lhs.ndim == 4
-             and _is_nhwc(dimension_numbers, lhs.ndim))
-    if plain:
+    cpu_nhwc = (jax.default_backend() == "cpu" and os.environ.get("YOLO11_JAX_CPU_WGRAD", "dots") == "dots"
+                and not kwargs and precision is None
+                and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+                and not isinstance(padding, str) and lhs.ndim == 4
+                and _is_nhwc(dimension_numbers, lhs.ndim))
+    if cpu_nhwc and feature_group_count == 1:
         return _conv_nhwc_cpu(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
+    depthwise = (cpu_nhwc and feature_group_count > 1 and rhs.shape[2] == 1
+                 and rhs.shape[3] == feature_group_count == lhs.shape[3]
+                 and lhs.dtype in (jnp.float32, jnp.float64) and rhs.dtype == lhs.dtype)
+    if depthwise:
+        return depthwise_conv_by_taps(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision, **kwargs)
 
