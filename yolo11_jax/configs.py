@@ -183,8 +183,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # python -m yolo11_jax.train --config cpu-ultralytics
     # The same data under Ultralytics' YOLO11 recipe (loss, optimizer auto, warmup, EMA,
     # mosaic/affine/HSV/flip) with yolo11n at 128 px, 14 epochs (1750 steps): val mAP@[.5:.95]
-    # 0.865 / 0.877, AP50 0.982 / 0.973 (seeds 0 / 1) in under 10 minutes on 2 CPU cores, ahead
-    # of the notebook recipe's 0.864 / 0.860 in the same time (README, Learning). nbs 16 (Ultralytics'
+    # 0.872, AP50 0.975 in 9 minutes on 2 CPU cores (0.865 / 0.877 for seeds 0 / 1 with earlier
+    # code), ahead of the notebook recipe's 0.864 / 0.860 in the same time (README, Learning). nbs 16 (Ultralytics'
     # nominal batch, 64 by default): no gradient accumulation, so a run this short makes 1750
     # optimizer steps instead of 526. max_boxes 32: a mosaic holds the boxes of four images.
     "cpu-ultralytics": dict(recipe="ultralytics", model="yolo11n", epochs=14, nbs=16, max_boxes=32,
