@@ -110,7 +110,7 @@ def depthwise_conv_by_taps(x: jax.Array, kernel: jax.Array, strides: tuple[int, 
     explicit ``padding ((top, bottom), (left, right))`` -> ``(B, H', W', C)``.
 
     Equal to ``lax.conv_general_dilated(..., feature_group_count=C)`` up to float summation
-    order (tested in tests/test_model_parity.py). XLA's CPU backend runs depthwise convolutions
+    order (tested in tests/test_conv.py). XLA's CPU backend runs depthwise convolutions
     an order of magnitude slower than this elementwise form, which it fuses into one loop;
     autodiff goes through the slices, so the gradients take the same form."""
     kh, kw, _, c = kernel.shape
@@ -123,7 +123,7 @@ def depthwise_conv_by_taps(x: jax.Array, kernel: jax.Array, strides: tuple[int, 
         for j in range(kw):
             tap = jax.lax.slice(x, (0, i, j, 0), (b, i + (h_out - 1) * sh + 1, j + (w_out - 1) * sw + 1, c),
                                 (1, sh, sw, 1))
-            term = tap * kernel[i, j, 0].astype(x.dtype)
+            term = tap * kernel[i, j, 0]
             out = term if out is None else out + term
     return out
 
@@ -146,13 +146,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                 and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
                 and not isinstance(padding, str) and lhs.ndim == 4
                 and _is_nhwc(dimension_numbers, lhs.ndim))
-    if cpu_nhwc and feature_group_count == 1:
-        return _conv_nhwc_cpu(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
-    depthwise = (cpu_nhwc and feature_group_count > 1 and rhs.shape[2] == 1
-                 and rhs.shape[3] == feature_group_count == lhs.shape[3]
-                 and lhs.dtype in (jnp.float32, jnp.float64) and rhs.dtype == lhs.dtype)
-    if depthwise:
-        return depthwise_conv_by_taps(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
+    if cpu_nhwc:
+        strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
+        if feature_group_count == 1:
+            return _conv_nhwc_cpu(lhs, rhs, strides, pads)
+        depthwise = (rhs.shape[2] == 1 and rhs.shape[3] == feature_group_count == lhs.shape[3]
+                     and lhs.dtype in (jnp.float32, jnp.float64) and rhs.dtype == lhs.dtype)
+        if depthwise:
+            return depthwise_conv_by_taps(lhs, rhs, strides, pads)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision, **kwargs)
 

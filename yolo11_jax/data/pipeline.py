@@ -28,6 +28,7 @@ next batch, also in the middle of an epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import warnings
 from typing import Iterator, Optional, Sequence
@@ -439,8 +440,6 @@ class StreamPipeline:
     def __init__(self, source: StreamSource, *, batch_size: int, img_size: int, max_boxes: int = 100, seed: int = 0,
                  letterbox: bool = False, augment: Augment = Augment(), epochs: Optional[int] = None,
                  workers: int = 0, shard: Optional[tuple[int, int]] = None) -> None:
-        import dataclasses
-
         shard = _process_shard(batch_size, shard)
         self.source, self.batch_size, self.seed, self.shard = source, batch_size, seed, shard
         self.make_sample = _StreamSample([], img_size=img_size, max_boxes=max_boxes, letterbox=letterbox,
