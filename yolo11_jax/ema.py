@@ -1,7 +1,7 @@
 """Ultralytics' ``ModelEMA``: an exponential moving average of the weights and BatchNorm statistics.
 
 Semantics of ``ultralytics==8.3.253`` (``utils/torch_utils.py``; 8.4.190 computes the same with
-``torch._foreach_lerp_``), see ``notes/ultralytics_train_facts.md`` section D:
+``torch._foreach_lerp_``):
 
 * the EMA starts as a copy of the model, with ``updates = 0``;
 * it is updated only after each real optimizer step (not after the batches that only accumulate
@@ -78,13 +78,6 @@ def update_ema(ema: EMAState, params, rest, *, where=None, decay: float = EMA_DE
     new_updates = updates if where is None else jnp.where(where, updates, ema.updates)
     return EMAState(params=jax.tree.map(average, ema.params, params),
                     rest=jax.tree.map(average, ema.rest, rest), updates=new_updates)
-
-
-def ema_variables(state) -> tuple[Any, Any]:
-    """``(params, rest)`` of the EMA of a ``step.TrainState``; ``ValueError`` if it has none."""
-    if getattr(state, "ema", None) is None:
-        raise ValueError("this train state has no EMA (build it with step.init_train_state(..., ema=True))")
-    return state.ema.params, state.ema.rest
 
 
 def eval_variables(state) -> tuple[Any, Any]:
