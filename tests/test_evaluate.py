@@ -80,7 +80,8 @@ def test_evaluate_cli_bad_input_is_a_message_not_a_traceback(run_dir, tmp_path, 
     missing = tmp_path / "nope"
     assert main(["--run", str(run_dir), "--data", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and str(missing) in err and "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # (after the line saying which inference settings were chosen)
+    assert last.startswith("error: ") and str(missing) in last and "Traceback" not in err
     for argv, msg in ((["--run", str(tmp_path)], f"{tmp_path / 'config.json'} not found"),
                       (["--weights", str(tmp_path / "w.safetensors"), "--data", "shapes"], "w.safetensors not found"),
                       (["--run", str(run_dir), "--batch-size", "0"], "--batch-size must be >= 1")):

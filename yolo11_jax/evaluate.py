@@ -12,7 +12,10 @@ Command line::
 With ``--run`` the model, image size, resize mode and data default to those in the run's
 config.json; with ``--weights``, to the training config stored in the file's metadata (when
 ``train.py`` or ``python -m yolo11_jax.convert`` wrote it), or to what an Ultralytics ``.pt``
-records.
+records. Ultralytics weights (a ``.pt``, or a ``.safetensors`` converted from one) are scored
+the way ``predict`` runs them, with Ultralytics' preprocessing (``--resize rect``, the
+checkpoint's image size) at confidence 0.001, and the boxes are compared in each image's own
+pixels; the project's runs are scored in the network's input frame, as during training.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bbox convention of Hugging Face data (default: the run's, else the data's own)")
     ap.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     ap.add_argument("--max-samples", type=int, help="evaluate at most this many images")
-    inference.add_nms_arguments(ap, conf_threshold=0.001)
+    inference.add_inference_arguments(ap)
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     return ap
 
@@ -49,20 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    inference.check_sizes(ap, args, ("batch_size", "max_det", "img_size", "max_samples", "num_classes"))
+    inference.check_sizes(ap, args, ("batch_size", "max_samples", "num_classes"))
+    given = inference.given_inference_options(ap, args)
     loaded = inference.load_model_for_cli(ap, args)
     if loaded is None:
         return 2
     cfg = loaded.config
-    img_size = args.img_size or cfg.get("img_size") or 640
-    letterbox = bool(cfg.get("letterbox", False)) if args.letterbox is None else args.letterbox
+    opts = inference.resolve_inference_options(loaded, given, conf_threshold=0.001,
+                                               log=lambda m: print(m, file=sys.stderr))
+    img_size, letterbox, rect = opts.img_size, opts.resize == "letterbox", opts.resize == "rect"
     data_spec = args.data or cfg.get("val_data") or cfg.get("data") or "shapes"
     # A run trained without evaluation stores val_split null: fall back to 'validation'.
     split = args.split or cfg.get("val_split") or "validation"
     try:
         # The same validation set the training run scored (seed, empty images, limits, conventions).
         data = build_dataset(data_spec, split=split, num_classes=loaded.num_classes,
-                             img_size=img_size, letterbox=letterbox, skip_empty=False,
+                             img_size=None if rect else img_size, letterbox=letterbox, skip_empty=False,
                              max_samples=args.max_samples or cfg.get("val_max_samples"),
                              image_dir=args.image_dir or cfg.get("val_image_dir") or cfg.get("image_dir"),
                              bbox_format=args.bbox_format or cfg.get("bbox_format"),
@@ -71,11 +76,21 @@ def main(argv=None) -> int:
         print(f"{data_spec!r} ({split}): {len(data.examples)} images; {data.stats.summary()}", file=sys.stderr)
         # The model's class names (the run's, a .pt's), else the data's when they are as many.
         names = next((n for n in (loaded.class_names, data.class_names) if n and len(n) == loaded.num_classes), None)
-        results = evaluate_examples(inference.eval_graphdef(loaded.model), inference.model_states(loaded.model),
-                                    data.examples, num_classes=loaded.num_classes, img_size=img_size,
-                                    batch_size=args.batch_size, letterbox=letterbox, class_names=names,
-                                    conf_threshold=args.conf_threshold, iou_threshold=args.iou_threshold,
-                                    max_det=args.max_det)
+        if rect:  # as predict runs it, boxes in each image's own pixels
+            detector = inference.Detector(loaded.model, conf_threshold=opts.conf_threshold,
+                                          iou_threshold=opts.iou_threshold, max_det=opts.max_det,
+                                          class_offset=opts.nms_class_offset, batch_size=args.batch_size)
+            results = inference.evaluate_original_frame(detector, data.examples, opts,
+                                                        num_classes=loaded.num_classes, class_names=names,
+                                                        batch_size=args.batch_size)
+            print(f"compiled {len(detector.compiled)} input shape(s) (batch x height x width): "
+                  + ", ".join(f"{b}x{h}x{w}" for b, h, w in detector.compiled), file=sys.stderr)
+        else:  # in the network's input frame, as training scores it
+            results = evaluate_examples(inference.eval_graphdef(loaded.model), inference.model_states(loaded.model),
+                                        data.examples, num_classes=loaded.num_classes, img_size=img_size,
+                                        batch_size=args.batch_size, letterbox=letterbox, class_names=names,
+                                        conf_threshold=opts.conf_threshold, iou_threshold=opts.iou_threshold,
+                                        max_det=opts.max_det, class_offset=opts.nms_class_offset)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

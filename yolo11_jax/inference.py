@@ -18,7 +18,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -26,6 +26,8 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from yolo11_jax.coco_eval import CocoEvaluator
+from yolo11_jax.options import add_arguments, at_least, between, defaults, multiple_of, option, validate
+from yolo11_jax.options import given as config_given
 from yolo11_jax.postprocess import postprocess
 
 
@@ -180,31 +182,137 @@ def add_model_arguments(ap, *, required: bool = True) -> None:
                     help="model preset (default: the run's; with --weights: the file's metadata, else 'small')")
     ap.add_argument("--num-classes", type=int,
                     help="number of classes (default: the run's, else read from the weights)")
-    ap.add_argument("--img-size", type=int, help="network input size in pixels (default: the run's, else 640)")
+
+
+# ----------------------------------------------------------------------------- inference options
+
+RESIZE_MODES = ("rect", "letterbox", "plain")
+"""``rect``: Ultralytics' predict letterbox (long side to the image size, padded to the smallest
+rectangle of multiples of 32, see :mod:`yolo11_jax.letterbox`); ``letterbox``: the project's
+square letterbox (``--letterbox`` in training); ``plain``: square resize ignoring the aspect ratio."""
+
+#: Ultralytics' class offset for class-aware NMS (``max_wh``).
+ULTRALYTICS_CLASS_OFFSET = 7680.0
+
+
+@dataclasses.dataclass
+class InferenceOptions:
+    """How ``predict`` and ``evaluate`` prepare images and select detections. ``None`` means
+    "from the weights" (:func:`resolve_inference_options`)."""
+
+    img_size: Optional[int] = option(
+        None, "network input size in pixels; with --resize rect, the long side (default: the run's, an "
+              "Ultralytics checkpoint's train_args imgsz, else 640)", check=(at_least(1), multiple_of(32)))
+    resize: Optional[str] = option(
+        None, "how an image becomes the network input: 'rect' (Ultralytics' letterbox to the smallest "
+              "rectangle of multiples of 32), 'letterbox' (square, grey padding), 'plain' (square resize) "
+              "(default: rect for Ultralytics weights, else as the run was trained)", choices=RESIZE_MODES)
+    conf_threshold: Optional[float] = option(
+        None, "keep detections with score above this (default: 0.25 for predict, 0.001 for evaluate)",
+        check=between(0.0, 1.0))
+    iou_threshold: float = option(0.7, "NMS: suppress same-class boxes overlapping more than this IoU",
+                                  check=between(0.0, 1.0))
+    max_det: int = option(300, "at most this many detections per image", check=at_least(1))
+    nms_class_offset: Optional[float] = option(
+        None, "class-aware NMS: 0 compares class ids exactly; a positive value shifts each box by "
+              "class * this value, Ultralytics' way (default: 7680 for Ultralytics weights, else 0)",
+        check=at_least(0.0))
+
+
+def add_inference_arguments(ap) -> None:
+    """``--img-size``, ``--resize``, ``--conf-threshold``, ``--iou-threshold``, ``--max-det``,
+    ``--nms-class-offset`` from :class:`InferenceOptions`, and the old ``--letterbox`` /
+    ``--no-letterbox`` (same as ``--resize letterbox`` / ``--resize plain``)."""
+    add_arguments(ap, InferenceOptions)
     ap.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
-                    help="resize keeping the aspect ratio with grey padding (default: as the run was trained; "
-                         "plain resize without a run config)")
+                    help="old spelling of --resize letterbox / --resize plain")
 
 
-def add_nms_arguments(ap, *, conf_threshold: float) -> None:
-    """``--conf-threshold``, ``--iou-threshold``, ``--max-det``."""
-    ap.add_argument("--conf-threshold", type=float, default=conf_threshold,
-                    help="keep detections with score above this (default: %(default)s)")
-    ap.add_argument("--iou-threshold", type=float, default=0.7,
-                    help="NMS: suppress same-class boxes overlapping more than this IoU (default: %(default)s)")
-    ap.add_argument("--max-det", type=int, default=300,
-                    help="at most this many detections per image (default: %(default)s)")
+def weights_origin(loaded: LoadedModel) -> tuple[bool, int | None]:
+    """``(from Ultralytics, its training image size)`` of the loaded weights: an Ultralytics
+    ``.pt``, or a ``.safetensors`` whose metadata says it was converted from one (``origin``,
+    ``ultralytics_version`` or a ``source`` ending in ``.pt``). The image size is the
+    checkpoint's ``train_args.imgsz`` when the loader or the metadata recorded it, else ``None``."""
+    cfg = loaded.config or {}
+    meta = safetensors_metadata(loaded.source) if loaded.source.suffix == ".safetensors" else {}
+    from_pt = loaded.source.suffix == ".pt" or cfg.get("origin") == "ultralytics" or any(
+        meta.get(k) for k in ("ultralytics_version",)) or meta.get("origin") == "ultralytics" or str(
+        meta.get("source", "")).endswith(".pt")
+    if not from_pt:
+        return False, None
+    imgsz = cfg.get("imgsz", meta.get("imgsz"))
+    if imgsz is None and loaded.source.suffix == ".pt":
+        imgsz = pt_train_imgsz(loaded.source)
+    try:
+        imgsz = json.loads(imgsz) if isinstance(imgsz, str) else imgsz
+        imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz
+        return True, int(imgsz) if imgsz else None
+    except (TypeError, ValueError):
+        return True, None
+
+
+def pt_train_imgsz(path: Path) -> int | list | None:
+    """``train_args["imgsz"]`` of an Ultralytics checkpoint (read by the restricted reader), or None."""
+    from yolo11_jax.ultralytics_pt import load_pickle
+
+    try:
+        obj, _ = load_pickle(path)
+    except Exception:  # noqa: BLE001 - the loader has already read the file; this is only a default
+        return None
+    args = obj.get("train_args") if isinstance(obj, dict) else None
+    if hasattr(args, "get"):
+        return args.get("imgsz")
+    return getattr(args, "__dict__", {}).get("imgsz") if args is not None else None
+
+
+def resolve_inference_options(loaded: LoadedModel, given: Mapping[str, Any], *, conf_threshold: float,
+                              log=None) -> InferenceOptions:
+    """Concrete options: what the command line gave (``given``), else the weights' defaults.
+
+    Ultralytics weights (:func:`weights_origin`): image size ``train_args.imgsz`` else 640,
+    ``rect``, class offset 7680. The project's runs and files: the run's image size else 640, its
+    ``letterbox`` setting (``letterbox`` or ``plain``), offset 0. ``conf_threshold`` is the
+    command's default (0.25 predict, 0.001 evaluate); IoU 0.7 and ``max_det`` 300 for all.
+    ``log`` (a callable) receives one line saying what was chosen and why.
+    """
+    cfg = loaded.config or {}
+    ultra, imgsz = weights_origin(loaded)
+    if ultra:
+        auto = dict(img_size=imgsz or 640, resize="rect", nms_class_offset=ULTRALYTICS_CLASS_OFFSET)
+        why = f"Ultralytics weights: imgsz {'from train_args' if imgsz else 'default'}"
+    else:
+        auto = dict(img_size=cfg.get("img_size") or 640, resize="letterbox" if cfg.get("letterbox") else "plain",
+                    nms_class_offset=0.0)
+        why = "the run's settings" if cfg else "defaults"
+    base = defaults(InferenceOptions)
+    values = {**base, "conf_threshold": conf_threshold, **auto,
+              **{k: v for k, v in given.items() if v is not None}}
+    opts = InferenceOptions(**values)
+    if log is not None:
+        log(f"inference: {why}; img_size {opts.img_size}, resize {opts.resize}, conf {opts.conf_threshold}, "
+            f"iou {opts.iou_threshold}, max_det {opts.max_det}, nms class offset {opts.nms_class_offset:g}"
+            + (f" (from the command line: {', '.join(sorted(given))})" if given else ""))
+    return opts
+
+
+def given_inference_options(ap, args) -> dict[str, Any]:
+    """The :class:`InferenceOptions` the command line set (``--letterbox`` / ``--no-letterbox``
+    mapped to ``resize``), checked: bad values end through ``ap.error`` (status 2)."""
+    given = config_given(args, InferenceOptions)
+    if getattr(args, "letterbox", None) is not None and "resize" not in given:
+        given["resize"] = "letterbox" if args.letterbox else "plain"
+    problems = validate(InferenceOptions(**{**defaults(InferenceOptions), **given}))
+    if problems:
+        ap.error("; ".join(problems))
+    return given
 
 
 def check_sizes(ap, args, names: Sequence[str]) -> None:
-    """``ap.error`` (status 2) unless each option in ``names`` that was given is >= 1, and
-    ``--img-size`` (if among them) a multiple of 32."""
+    """``ap.error`` (status 2) unless each option in ``names`` that was given is >= 1."""
     for name in names:
-        value = getattr(args, name)
+        value = getattr(args, name, None)
         if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if "img_size" in names and args.img_size is not None and args.img_size % 32:
-        ap.error(f"--img-size must be a multiple of 32, got {args.img_size}")
 
 
 def load_model_for_cli(ap, args) -> LoadedModel | None:
@@ -231,18 +339,22 @@ def eval_graphdef(model: nnx.Module):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "img_size", "max_det"))
-def predict_batch(graphdef, states, images, *, img_size: int, conf_threshold: float = 0.001,
-                  iou_threshold: float = 0.7, max_det: int = 300):
+def predict_batch(graphdef, states, images, *, img_size: int | tuple[int, int] | None = None,
+                  conf_threshold: float = 0.001, iou_threshold: float = 0.7, max_det: int = 300,
+                  class_offset: float = 0.0):
     """Eval-mode forward + NMS. ``graphdef`` must come from a model in eval mode
     (:func:`eval_graphdef`); ``states`` is a tuple of ``nnx.State`` that merge with it.
 
-    ``images``: ``(B, S, S, 3)`` float32 in [0, 1], or uint8 (divided by 255 here). Returns
-    ``postprocess``'s dict: ``boxes_xyxy (B, max_det, 4)`` pixels, ``scores``, ``classes``,
-    ``valid``. The thresholds are traced (changing them does not recompile).
+    ``images``: ``(B, H, W, 3)`` float32 in [0, 1], or uint8 (divided by 255 here); ``H`` and
+    ``W`` multiples of 32. ``img_size`` (the frame the boxes are clipped to) defaults to
+    ``(H, W)``. Returns ``postprocess``'s dict: ``boxes_xyxy (B, max_det, 4)`` pixels,
+    ``scores``, ``classes``, ``valid``. The thresholds and ``class_offset`` are traced (changing
+    them does not recompile); each new input shape compiles once (jit's cache).
     """
     model = nnx.merge(graphdef, *states)
-    return postprocess(model(as_float_images(images)), img_size=img_size, conf_threshold=conf_threshold,
-                       iou_threshold=iou_threshold, max_det=max_det)
+    hw = tuple(images.shape[1:3]) if img_size is None else img_size
+    return postprocess(model(as_float_images(images)), img_size=hw, conf_threshold=conf_threshold,
+                       iou_threshold=iou_threshold, max_det=max_det, class_offset=class_offset)
 
 
 def as_float_images(images: jax.Array) -> jax.Array:
@@ -253,9 +365,10 @@ def as_float_images(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
 
 
-def detect_batch(graphdef, states, images: Sequence[np.ndarray], *, batch_size: int, img_size: int,
-                 conf_threshold: float, iou_threshold: float, max_det: int) -> list[dict[str, np.ndarray]]:
-    """:func:`predict_batch` on up to ``batch_size`` prepared images ``(S, S, 3)``.
+def detect_batch(graphdef, states, images: Sequence[np.ndarray], *, batch_size: int, img_size: int | None = None,
+                 conf_threshold: float, iou_threshold: float, max_det: int,
+                 class_offset: float = 0.0) -> list[dict[str, np.ndarray]]:
+    """:func:`predict_batch` on up to ``batch_size`` prepared images of one shape ``(H, W, 3)``.
 
     The batch is padded to exactly ``batch_size`` rows by repeating the last image (every call
     has the same shape, one compilation); the padded rows are dropped. Returns one dict per
@@ -268,7 +381,8 @@ def detect_batch(graphdef, states, images: Sequence[np.ndarray], *, batch_size: 
     batch = np.stack(list(images) + [images[-1]] * (batch_size - n))
     det = jax.device_get(predict_batch(graphdef, states, batch, img_size=img_size,
                                        conf_threshold=float(conf_threshold),
-                                       iou_threshold=float(iou_threshold), max_det=int(max_det)))
+                                       iou_threshold=float(iou_threshold), max_det=int(max_det),
+                                       class_offset=float(class_offset)))
     out = []
     for row in range(n):
         keep = np.asarray(det["valid"][row], bool) & (np.asarray(det["classes"][row]) >= 0)
@@ -280,11 +394,106 @@ def detect_batch(graphdef, states, images: Sequence[np.ndarray], *, batch_size: 
     return out
 
 
+class Detector:
+    """The jitted forward + NMS of one model over images of any (stride-32) shapes.
+
+    Images are grouped by shape; each group runs in batches of ``batch_size``, the last one
+    padded (by repeating its last image) to ``batch_size`` when that shape already ran a full
+    batch, else up to the next power of two (a shape seen once does not run ``batch_size``
+    copies); so a folder of mixed
+    photos compiles once per ``(batch, height, width)``, never once per image. With the ``rect``
+    letterbox at image size ``S`` the shapes are ``S x 32k`` or ``32k x S``: at most ``S / 16``
+    of them. ``compiled`` lists the shapes compiled so far; ``log`` (a callable) is told each new one.
+    """
+
+    def __init__(self, model: nnx.Module, *, conf_threshold: float, iou_threshold: float, max_det: int,
+                 class_offset: float = 0.0, batch_size: int = 8, log: Callable[[str], None] | None = None):
+        self.graphdef, self.states = eval_graphdef(model), model_states(model)
+        self.conf_threshold, self.iou_threshold, self.max_det = conf_threshold, iou_threshold, max_det
+        self.class_offset, self.batch_size, self.log = class_offset, max(1, int(batch_size)), log
+        self.compiled: list[tuple[int, int, int]] = []
+
+    def _rows(self, n: int, shape: tuple) -> int:
+        if (self.batch_size, int(shape[0]), int(shape[1])) in self.compiled:
+            return self.batch_size
+        return min(self.batch_size, 1 << (n - 1).bit_length())
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Detections of prepared ``uint8`` (or float) images ``(H_i, W_i, 3)``, in each image's
+        input frame: one dict per image as :func:`detect_batch` returns."""
+        out: list[dict | None] = [None] * len(images)
+        groups: dict[tuple, list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(tuple(np.shape(im)), []).append(i)
+        for shape, idx in groups.items():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
+                rows = self._rows(len(chunk), shape)
+                key = (rows, int(shape[0]), int(shape[1]))
+                if key not in self.compiled:
+                    self.compiled.append(key)
+                    if self.log is not None:
+                        self.log(f"compiling the network for input shape {key[0]}x{key[1]}x{key[2]} "
+                                 f"(batch x height x width)")
+                dets = detect_batch(self.graphdef, self.states, [images[i] for i in chunk], batch_size=rows,
+                                    conf_threshold=self.conf_threshold, iou_threshold=self.iou_threshold,
+                                    max_det=self.max_det, class_offset=self.class_offset)
+                for i, d in zip(chunk, dets):
+                    out[i] = d
+        return out  # type: ignore[return-value]
+
+
+def prepare_image(image_rgb: np.ndarray, opts: InferenceOptions) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """One RGB ``uint8 (H, W, 3)`` image as the network input under ``opts.resize``, and the
+    function mapping ``(N, 4)`` xyxy boxes of that input back to original pixels (clipped).
+
+    ``rect``: :func:`yolo11_jax.letterbox.rect_letterbox` / ``scale_boxes_to_original``;
+    ``letterbox`` and ``plain``: the training resize (``data.transforms``) and its inverse."""
+    from PIL import Image
+
+    from yolo11_jax.data.transforms import letterbox as square_letterbox
+    from yolo11_jax.data.transforms import letterbox_geometry, resize_plain
+    from yolo11_jax.letterbox import rect_letterbox, scale_boxes_to_original
+
+    h, w = image_rgb.shape[:2]
+    s = opts.img_size
+    if opts.resize == "rect":
+        canvas, g = rect_letterbox(image_rgb, s)
+        return canvas, lambda b: scale_boxes_to_original(b, g.input_hw, (h, w))
+    img = Image.fromarray(image_rgb)
+    if opts.resize == "letterbox":
+        canvas = square_letterbox(img, np.zeros((0, 4), np.float32), s)[0]
+        g = letterbox_geometry(w, h, s)
+        scale = np.array([g.scale_x, g.scale_y] * 2)
+        offset = np.array([g.pad_left, g.pad_top] * 2, np.float64)
+    else:
+        canvas = resize_plain(img, s)
+        scale, offset = np.array([s / w, s / h] * 2), np.zeros(4)
+
+    def back(b: np.ndarray) -> np.ndarray:
+        b = (np.asarray(b, np.float64).reshape(-1, 4) - offset) / scale
+        return np.clip(b, 0.0, np.array([w, h, w, h], np.float64))
+
+    return np.asarray(canvas, np.uint8), back
+
+
+def detect_rgb_images(detector: Detector, images_rgb: Sequence[np.ndarray],
+                      opts: InferenceOptions) -> list[dict[str, np.ndarray]]:
+    """Detections of original RGB ``uint8`` images in their own pixels: per image
+    ``boxes_xyxy (K, 4)`` (float64, clipped), ``scores (K,)``, ``classes (K,)``, by decreasing
+    score, and ``input_hw`` (the network input's height and width)."""
+    prepared = [prepare_image(im, opts) for im in images_rgb]
+    dets = detector([p[0] for p in prepared])
+    return [{**d, "boxes_xyxy": back(d["boxes_xyxy"]), "input_hw": canvas.shape[:2]}
+            for d, (canvas, back) in zip(dets, prepared)]
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def evaluate_batches(graphdef, states, batches, *, num_classes: int, img_size: int, total: int | None = None,
                      class_names: Sequence[str] | None = None, conf_threshold: float = 0.001,
-                     iou_threshold: float = 0.7, max_det: int = 300, progress: bool = True) -> dict:
+                     iou_threshold: float = 0.7, max_det: int = 300, progress: bool = True,
+                     class_offset: float = 0.0) -> dict:
     """COCO metrics of the model ``nnx.merge(graphdef, *states)`` over ``batches``.
 
     ``batches`` yields dicts with ``images (B, S, S, 3)``, ``boxes_cxcywh (B, M, 4)``
@@ -296,7 +505,7 @@ def evaluate_batches(graphdef, states, batches, *, num_classes: int, img_size: i
     for batch in tqdm(batches, total=total, desc="evaluate", leave=False, disable=not progress):
         det = jax.device_get(predict_batch(graphdef, states, batch["images"], img_size=img_size,
                                            conf_threshold=conf_threshold, iou_threshold=iou_threshold,
-                                           max_det=max_det))
+                                           max_det=max_det, class_offset=class_offset))
         keep = np.asarray(batch["example_valid"], bool)
         evaluator.add_batch(batch["boxes_cxcywh"][keep], batch["labels"][keep], batch["mask"][keep],
                             det["boxes_xyxy"][keep], det["scores"][keep], det["classes"][keep],
@@ -307,7 +516,7 @@ def evaluate_batches(graphdef, states, batches, *, num_classes: int, img_size: i
 def evaluate_examples(graphdef, states, examples, *, num_classes: int, img_size: int, batch_size: int = 16,
                       letterbox: bool = False, class_names: Sequence[str] | None = None,
                       conf_threshold: float = 0.001, iou_threshold: float = 0.7, max_det: int = 300,
-                      progress: bool = True, workers: int = 0) -> dict:
+                      progress: bool = True, workers: int = 0, class_offset: float = 0.0) -> dict:
     """:func:`evaluate_batches` over a dataset (``data.eval_batches``: every example once, in
     order; every ground-truth box counts)."""
     from yolo11_jax.data import eval_batches
@@ -316,7 +525,49 @@ def evaluate_examples(graphdef, states, examples, *, num_classes: int, img_size:
                                   workers=workers)
     return evaluate_batches(graphdef, states, batches, total=total, num_classes=num_classes,
                             img_size=img_size, class_names=class_names, conf_threshold=conf_threshold,
-                            iou_threshold=iou_threshold, max_det=max_det, progress=progress)
+                            iou_threshold=iou_threshold, max_det=max_det, progress=progress,
+                            class_offset=class_offset)
+
+
+def _original_rgb(source, index: int) -> tuple[np.ndarray, Any]:
+    """Record ``index`` of a dataset built without resizing: ``(RGB uint8 image, Example)``. A
+    record read from a file or from encoded bytes is decoded with OpenCV, as Ultralytics does."""
+    from yolo11_jax.letterbox import decode_image_rgb
+
+    example = source[index]
+    records = getattr(source, "records", None)
+    raw = records[index].image if records is not None else None
+    if isinstance(raw, (str, Path)):
+        return decode_image_rgb(np.fromfile(str(raw), np.uint8), str(raw)), example
+    if isinstance(raw, (bytes, bytearray)):
+        return decode_image_rgb(raw, example.source_id), example
+    return np.asarray(example.image, np.uint8), example
+
+
+def evaluate_original_frame(detector: Detector, source, opts: InferenceOptions, *, num_classes: int,
+                            class_names: Sequence[str] | None = None, batch_size: int = 16,
+                            progress: bool = True) -> dict:
+    """COCO metrics with every image prepared as ``predict`` prepares it (``opts.resize``, e.g.
+    ``rect``) and the boxes compared in the original image's pixels.
+
+    ``source``: a dataset of original-size examples (``build_dataset(..., img_size=None)``),
+    indexable, ``boxes_cxcywh`` normalised by each image's size. Returns
+    ``CocoEvaluator.compute()``'s dict.
+    """
+    evaluator = CocoEvaluator(num_classes, list(class_names) if class_names else None, max_dets=100)
+    n = len(source)
+    if n == 0:
+        raise ValueError("evaluate: no examples to evaluate")
+    for start in tqdm(range(0, n, batch_size), desc="evaluate", leave=False, disable=not progress):
+        loaded = [_original_rgb(source, i) for i in range(start, min(n, start + batch_size))]
+        dets = detect_rgb_images(detector, [im for im, _ in loaded], opts)
+        for (im, ex), det in zip(loaded, dets):
+            k = len(det["scores"])
+            gt = np.asarray(ex.boxes_cxcywh, np.float64).reshape(1, -1, 4)
+            evaluator.add_batch(gt, np.asarray(ex.labels).reshape(1, -1), np.ones((1, gt.shape[1]), bool),
+                                det["boxes_xyxy"].reshape(1, k, 4), det["scores"].reshape(1, k),
+                                det["classes"].reshape(1, k), np.ones((1, k), bool), [im.shape[:2]])
+    return evaluator.compute()
 
 
 def model_states(model: nnx.Module) -> tuple[Any, ...]:

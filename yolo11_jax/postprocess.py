@@ -21,6 +21,10 @@ Conventions shared by :func:`non_max_suppression` and :func:`postprocess`
   ids inside the suppression test rather than by the class-offset trick: the
   result is identical to the offset trick with a large enough offset, but exact
   (adding ``class * 7680`` to float32 coordinates loses up to ~0.06 px).
+  ``class_offset > 0`` selects Ultralytics' own way instead: the IoU is computed
+  on boxes shifted by ``class * class_offset`` (float32) and every kept box may
+  suppress (``non_max_suppression`` in Ultralytics 8.4 with ``max_wh=7680``), so
+  IoUs near the threshold round exactly as there.
 * **IoU**: ``inter / union`` with areas ``max(x2-x1,0) * max(y2-y1,0)``; 0 when
   ``union <= 0``.
 * **Outputs** are fixed-size, in selection order (decreasing score); padded
@@ -85,7 +89,8 @@ def _iou_one_to_many(box_xyxy: jax.Array, boxes_xyxy: jax.Array) -> jax.Array:
     return jnp.where(union > 0.0, inter / jnp.where(union > 0.0, union, 1.0), 0.0)
 
 
-def _nms_single_image(boxes_xyxy, scores, conf_threshold, iou_threshold, *, max_det: int, max_candidates: int):
+def _nms_single_image(boxes_xyxy, scores, conf_threshold, iou_threshold, class_offset, *, max_det: int,
+                      max_candidates: int):
     """Single-image NMS. ``boxes_xyxy (A,4)``, ``scores (A,C)`` -> dict of ``(max_det, ...)``."""
     num_anchors = boxes_xyxy.shape[0]
     k = min(max_candidates, num_anchors)
@@ -100,6 +105,9 @@ def _nms_single_image(boxes_xyxy, scores, conf_threshold, iou_threshold, *, max_
     cand_scores = best_scores[order]
     cand_classes = best_classes[order]
     cand_valid = is_candidate[order]
+    # Ultralytics' class-aware trick when class_offset > 0: IoU on class-shifted boxes, no class test.
+    offset_boxes = cand_boxes + (cand_classes.astype(jnp.float32) * class_offset)[:, None]
+    use_offset = class_offset > 0
 
     def cond(state):
         remaining, _, count = state
@@ -108,8 +116,8 @@ def _nms_single_image(boxes_xyxy, scores, conf_threshold, iou_threshold, *, max_
     def body(state):
         remaining, keep, count = state
         i = jnp.argmax(remaining)  # first remaining candidate = highest score, lowest index on ties
-        iou = _iou_one_to_many(cand_boxes[i], cand_boxes)
-        suppressed = (iou > iou_threshold) & (cand_classes == cand_classes[i])
+        iou = _iou_one_to_many(offset_boxes[i], offset_boxes)
+        suppressed = (iou > iou_threshold) & ((cand_classes == cand_classes[i]) | use_offset)
         remaining = remaining & ~suppressed
         remaining = remaining.at[i].set(False)
         keep = keep.at[count].set(i.astype(jnp.int32), mode="drop")
@@ -138,6 +146,7 @@ def non_max_suppression(
     iou_threshold: float | jax.Array = 0.7,
     max_det: int = 300,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    class_offset: float | jax.Array = 0.0,
 ) -> dict[str, jax.Array]:
     """Batched single-label, per-class greedy NMS with fixed-size outputs.
 
@@ -153,6 +162,8 @@ def non_max_suppression(
         ``IoU > iou_threshold``.
       max_det: maximum number of kept boxes per image (output size).
       max_candidates: pre-NMS top-k by score (clamped to ``A``).
+      class_offset: 0 compares class ids (exact); > 0 uses Ultralytics' offset
+        trick with this offset (7680 in Ultralytics). Traced.
 
     Returns:
       dict with ``boxes_xyxy (B, max_det, 4)`` float32 (unclipped),
@@ -162,11 +173,12 @@ def non_max_suppression(
       rows (``valid=False``) have zero box/score and class/anchor index -1.
     """
     fn = functools.partial(_nms_single_image, max_det=max_det, max_candidates=max_candidates)
-    return jax.vmap(fn, in_axes=(0, 0, None, None))(
+    return jax.vmap(fn, in_axes=(0, 0, None, None, None))(
         boxes_xyxy.astype(jnp.float32),
         scores.astype(jnp.float32),
         jnp.asarray(conf_threshold, jnp.float32),
         jnp.asarray(iou_threshold, jnp.float32),
+        jnp.asarray(class_offset, jnp.float32),
     )
 
 
@@ -178,7 +190,8 @@ def _img_hw(img_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 @functools.partial(jax.jit, static_argnames=("img_size", "max_det", "max_candidates", "strides"))
-def _postprocess_jit(predictions, conf_threshold, iou_threshold, *, img_size, max_det, max_candidates, strides):
+def _postprocess_jit(predictions, conf_threshold, iou_threshold, class_offset, *, img_size, max_det, max_candidates,
+                     strides):
     boxes_xyxy, scores = decode_predictions(predictions, strides=strides)
     out = non_max_suppression(
         boxes_xyxy,
@@ -187,6 +200,7 @@ def _postprocess_jit(predictions, conf_threshold, iou_threshold, *, img_size, ma
         iou_threshold=iou_threshold,
         max_det=max_det,
         max_candidates=max_candidates,
+        class_offset=class_offset,
     )
     h, w = img_size
     upper = jnp.array([w, h, w, h], jnp.float32)
@@ -203,6 +217,7 @@ def postprocess(
     max_det: int = 300,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     strides: Sequence[int] = STRIDES,
+    class_offset: float | jax.Array = 0.0,
 ) -> dict[str, jax.Array]:
     """Decode + NMS + clipping: raw head outputs to fixed-size detections.
 
@@ -221,6 +236,8 @@ def postprocess(
       max_det: number of output slots per image.
       max_candidates: pre-NMS top-k by score (clamped to the anchor count).
       strides: stride in pixels of each level.
+      class_offset: see :func:`non_max_suppression` (0: exact class test;
+        7680: Ultralytics' offset trick). Traced.
 
     Returns:
       dict with ``boxes_xyxy (B, max_det, 4)`` float32 in input pixels, clipped
@@ -233,6 +250,7 @@ def postprocess(
         predictions,
         conf_threshold,
         iou_threshold,
+        class_offset,
         img_size=_img_hw(img_size),
         max_det=int(max_det),
         max_candidates=int(max_candidates),

@@ -15,17 +15,22 @@ original image's pixel coordinates, sorted by decreasing score::
       "detections": [{"box_xyxy": [x1, y1, x2, y2], "score": 0.91, "class_id": 2,
                       "class_name": "triangle"}, ...]}, ...]
 
-Images are prepared as in training: converted to RGB, resized to the network size
-(plain resize or letterbox, as the run was trained) and scaled to ``[0, 1]``. The
-network and NMS run in fixed-size batches (the last one padded by repeating its
-last image), so the program compiles once. Unreadable images, files in a directory
+Defaults follow the weights (``docs/predict.md``): with an Ultralytics ``.pt``, or a
+``.safetensors`` converted from one, Ultralytics' own predict settings (the image size of the
+checkpoint's ``train_args``, else 640; the rectangular letterbox ``--resize rect``; confidence
+0.25, IoU 0.7, 300 detections, class-aware NMS with Ultralytics' offset; boxes mapped back with
+``scale_boxes``' rounding, then clipped). With a run of this project, as it was trained (plain
+resize or square letterbox). Options given on the command line win. Images are grouped by input
+shape and run in batches, so a folder of mixed photos compiles once per shape (the shapes are
+printed), not once per image. Unreadable images, files in a directory
 that are not images and repeated inputs are reported and counted as skipped; the exit
 status is 2 when no image could be read, and for mistakes that stop the program before
 it writes anything (an output folder that holds input images, weights that do not fit
 ``--model`` / ``--num-classes``, an ``--img-size`` not a multiple of 32, ...).
 
-Library: :func:`preprocess_image`, :func:`boxes_to_original`,
-:func:`detect_images`, :func:`draw_detections`, :func:`collect_image_paths`.
+Library: :func:`preprocess_image`, :func:`boxes_to_original`, :func:`detect_images`,
+:func:`draw_detections`, :func:`collect_image_paths`; Ultralytics' geometry in
+:mod:`yolo11_jax.letterbox`; the shape-cached detector in :class:`yolo11_jax.inference.Detector`.
 """
 
 from __future__ import annotations
@@ -257,10 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output directory for the annotated <stem>.png images and detections.json")
     inference.add_model_arguments(ap)
     ap.add_argument("--class-names", help="comma-separated class names (default: the run's, else the class ids)")
-    inference.add_nms_arguments(ap, conf_threshold=0.25)
+    inference.add_inference_arguments(ap)
     ap.add_argument("--batch-size", type=int, default=8,
-                    help="images per forward pass; the last batch is padded (default: %(default)s)")
+                    help="images of one input shape per forward pass; a shape's last batch is padded to a "
+                         "power of two (default: %(default)s)")
     return ap
+
+
+def read_image_array(path: Path, resize: str) -> np.ndarray:
+    """An image file as RGB ``uint8 (H, W, 3)``: decoded by OpenCV as Ultralytics does for the
+    ``rect`` resize (PIL where OpenCV cannot read the format), by PIL as training does otherwise."""
+    if resize == "rect":
+        from yolo11_jax.letterbox import read_image_rgb
+
+        try:
+            return read_image_rgb(path)
+        except ValueError:
+            pass
+    return np.asarray(load_image(path), np.uint8)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -277,7 +296,8 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    inference.check_sizes(ap, args, ("batch_size", "max_det", "img_size", "num_classes"))
+    inference.check_sizes(ap, args, ("batch_size", "num_classes"))
+    given = inference.given_inference_options(ap, args)
     paths, problems = collect_image_paths(args.images)
     out_dir = args.out.resolve()
     if out_dir.exists() and not out_dir.is_dir():
@@ -288,9 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = inference.load_model_for_cli(ap, args)
     if loaded is None:
         return 2
-    cfg, num_classes = loaded.config, loaded.num_classes
-    img_size = args.img_size or cfg.get("img_size") or 640
-    letterbox = bool(cfg.get("letterbox", False)) if args.letterbox is None else args.letterbox
+    num_classes = loaded.num_classes
+    opts = inference.resolve_inference_options(loaded, given, conf_threshold=0.25,
+                                               log=lambda m: print(m, file=sys.stderr))
     names = [s.strip() for s in args.class_names.split(",")] if args.class_names else loaded.class_names
     if args.class_names and len(names) != num_classes:
         ap.error(f"--class-names gives {len(names)} names for {num_classes} classes")
@@ -303,20 +323,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"0 images, 0 detections, {skipped} skipped")
         print("error: no image could be read (no input images found)", file=sys.stderr)
         return 2
-    graphdef, states = inference.eval_graphdef(loaded.model), inference.model_states(loaded.model)
+    detector = inference.Detector(loaded.model, conf_threshold=opts.conf_threshold,
+                                  iou_threshold=opts.iou_threshold, max_det=opts.max_det,
+                                  class_offset=opts.nms_class_offset, batch_size=min(args.batch_size, len(paths)),
+                                  log=lambda m: print(m, file=sys.stderr))
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         print(f"error: cannot create the output folder {args.out}: {e}", file=sys.stderr)
         return 2
     out_names = dict(zip(paths, _output_names(paths)))
-    batch_size = min(args.batch_size, len(paths))  # one compiled shape for every batch
 
-    def readable() -> Iterator[tuple[Path, Image.Image]]:
+    def readable() -> Iterator[tuple[Path, np.ndarray]]:
         nonlocal skipped
         for p in paths:
             try:
-                yield p, load_image(p)
+                yield p, read_image_array(p, opts.resize)
             except Exception as e:  # noqa: BLE001 - any decoding problem skips the image
                 skipped += 1
                 _warn(f"skipping {p}: cannot read image ({type(e).__name__}: {e})")
@@ -324,17 +346,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict] = []
     num_dets = 0
     try:
-        for chunk in _batches(readable(), batch_size):
-            dets = detect_batch(graphdef, states, [preprocess_image(im, img_size, letterbox) for _, im in chunk],
-                                batch_size=batch_size, img_size=img_size, conf_threshold=args.conf_threshold,
-                                iou_threshold=args.iou_threshold, max_det=args.max_det)
+        # chunks of several batches, so that images of one shape share batches
+        for chunk in _batches(readable(), 4 * detector.batch_size):
+            dets = inference.detect_rgb_images(detector, [im for _, im in chunk], opts)
             for (path, img), det in zip(chunk, dets):
-                records = detections_to_records(det, img.width, img.height, img_size=img_size,
-                                                letterbox=letterbox, class_names=class_names)
+                h, w = img.shape[:2]
+                records = [{"box_xyxy": [float(v) for v in box], "score": float(score), "class_id": int(cls),
+                            "class_name": class_names[int(cls)] if 0 <= int(cls) < num_classes else str(int(cls))}
+                           for box, score, cls in zip(det["boxes_xyxy"], det["scores"], det["classes"])]
                 out_path = args.out / out_names[path]
-                draw_detections(img, records).save(out_path)
-                results.append({"image": str(path), "output": str(out_path), "width": img.width,
-                                "height": img.height, "detections": records})
+                draw_detections(Image.fromarray(img), records).save(out_path)
+                results.append({"image": str(path), "output": str(out_path), "width": w, "height": h,
+                                "input_hw": [int(v) for v in det["input_hw"]], "detections": records})
                 num_dets += len(records)
         (args.out / "detections.json").write_text(json.dumps(results, indent=1))
     except OSError as e:  # the output folder cannot be written
@@ -344,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not results:
         print(f"error: no image could be read ({skipped} skipped)", file=sys.stderr)
         return 2
+    shapes = ", ".join(f"{b}x{h}x{w}" for b, h, w in detector.compiled)
+    print(f"compiled {len(detector.compiled)} input shape(s) (batch x height x width): {shapes}", file=sys.stderr)
     print(f"wrote {len(results)} annotated images and detections.json to {args.out}", file=sys.stderr)
     return 0
 
