@@ -1,5 +1,6 @@
-"""The CPU convolutions of ``model.conv_general_dilated``: plain convolutions with their kernel
-gradient as one matmul per tap, and depthwise convolutions as a sum over taps.
+"""The CPU convolutions of ``conv_impl="cpu_taps"`` (``kernels.cpu_taps_conv_general_dilated``):
+plain convolutions with their kernel gradient as one matmul per tap, and depthwise convolutions
+as a sum over taps; and their selection, an explicit model setting.
 
 Tolerances: plain convolutions: values equal to ``lax.conv_general_dilated`` exactly (same
 forward op); input gradients exactly (same transpose); kernel gradients to a relative error of
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from yolo11_jax import kernels as K
 from yolo11_jax import model as M
+from yolo11_jax.presets import build_model
 from tests.helpers import rel_err
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -29,7 +32,7 @@ def test_kernel_gradient_matches_lax(k, stride, hw, cin, cout):
     dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, DN)
 
     def ours(x, w):
-        return jnp.sum(jnp.sin(M.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn)))
+        return jnp.sum(jnp.sin(K.cpu_taps_conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn)))
 
     def theirs(x, w):
         return jnp.sum(jnp.sin(jax.lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn)))
@@ -41,22 +44,21 @@ def test_kernel_gradient_matches_lax(k, stride, hw, cin, cout):
     assert rel_err(gw, rw) <= 1e-5
 
 
-def test_other_convolutions_fall_back_to_lax(monkeypatch):
+def test_other_convolutions_fall_back_to_lax():
     x = jnp.ones((1, 8, 8, 4), jnp.float32)
     w = jnp.ones((3, 3, 4, 4), jnp.float32)
     dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, DN)
-    grouped = jax.make_jaxpr(lambda x: M.conv_general_dilated(x, w[:, :, :2], (1, 1), ((1, 1), (1, 1)),
+    grouped = jax.make_jaxpr(lambda x: K.cpu_taps_conv_general_dilated(x, w[:, :, :2], (1, 1), ((1, 1), (1, 1)),
                                                               dimension_numbers=dn, feature_group_count=2))(x)
-    dilated = jax.make_jaxpr(lambda x: M.conv_general_dilated(x, w, (1, 1), ((2, 2), (2, 2)), rhs_dilation=(2, 2),
+    dilated = jax.make_jaxpr(lambda x: K.cpu_taps_conv_general_dilated(x, w, (1, 1), ((2, 2), (2, 2)), rhs_dilation=(2, 2),
                                                               dimension_numbers=dn))(x)
-    same = jax.make_jaxpr(lambda x: M.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn))(x)
+    same = jax.make_jaxpr(lambda x: K.cpu_taps_conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn))(x)
     xb, wb = x.astype(jnp.bfloat16), w[:, :, :1].astype(jnp.bfloat16)
-    depthwise_bf16 = jax.make_jaxpr(lambda x: M.conv_general_dilated(x, wb, (1, 1), ((1, 1), (1, 1)),
+    depthwise_bf16 = jax.make_jaxpr(lambda x: K.cpu_taps_conv_general_dilated(x, wb, (1, 1), ((1, 1), (1, 1)),
                                                                      dimension_numbers=dn, feature_group_count=4))(xb)
-    monkeypatch.setenv("YOLO11_JAX_CPU_WGRAD", "lax")
-    switched_off = jax.make_jaxpr(lambda x: M.conv_general_dilated(x, w[:, :, :1], (1, 1), ((1, 1), (1, 1)),
-                                                                   dimension_numbers=dn, feature_group_count=4))(x)
-    for jaxpr in (grouped, dilated, same, depthwise_bf16, switched_off):
+    lax_impl = jax.make_jaxpr(lambda x: K.conv_function("lax")(x, w[:, :, :1], (1, 1), ((1, 1), (1, 1)),
+                                                               dimension_numbers=dn, feature_group_count=4))(x)
+    for jaxpr in (grouped, dilated, same, depthwise_bf16, lax_impl):
         assert "custom_vjp" not in str(jaxpr) and "conv_general_dilated" in str(jaxpr)
 
 
@@ -71,7 +73,7 @@ def test_depthwise_convolution_by_taps_matches_lax(k, stride, hw, c):
     dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, DN)
 
     def ours(x, w):
-        return M.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn, feature_group_count=c)
+        return K.cpu_taps_conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn, feature_group_count=c)
 
     def theirs(x, w):
         return jax.lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn,
@@ -86,7 +88,39 @@ def test_depthwise_convolution_by_taps_matches_lax(k, stride, hw, c):
     assert rel_err(gx, rx) <= 1e-5 and rel_err(gw, rw) <= 1e-5
 
 
-def test_network_convolutions_use_it_on_cpu():
-    model = M.YOLOv11(3, base=8, depth=1, rngs=nnx.Rngs(0))
-    convs = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Conv)]
-    assert convs and all(c.conv_general_dilated is M.conv_general_dilated for c in convs)
+def test_networks_use_the_kernels_they_are_built_with():
+    """lax by default, whatever the backend; the CPU kernels only when asked for, recorded on the model."""
+    default = M.YOLOv11(3, base=8, depth=1, rngs=nnx.Rngs(0))
+    chosen = M.YOLOv11(3, base=8, depth=1, conv_impl="cpu_taps", rngs=nnx.Rngs(0))
+    yolo = build_model("yolo11n", num_classes=3, conv_impl="cpu_taps", rngs=nnx.Rngs(0))
+    for model, impl in ((default, "lax"), (chosen, "cpu_taps"), (yolo, "cpu_taps")):
+        convs = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Conv)]
+        assert convs and all(c.conv_general_dilated is K.CONV_IMPLS[impl] for c in convs)
+        assert model.conv_impl == impl and K.conv_impl_of(model) == impl
+    assert K.conv_impl_of(K.set_conv_impl(yolo, "lax")) == "lax"
+    with pytest.raises(ValueError, match="unknown conv_impl 'taps'"):
+        build_model("tiny", conv_impl="taps", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.slow
+def test_network_with_cpu_kernels_matches_lax():
+    """The tiny network in train mode: the same outputs and gradients with either kernel set
+    (outputs to 1e-5, gradients to a relative error of 1e-4 per leaf: float32 sums in another
+    order through a dozen layers)."""
+    model = build_model("yolo11n", num_classes=3, rngs=nnx.Rngs(0))
+    images = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)), jnp.float32)
+
+    def loss_and_grads(impl):
+        graphdef, params, rest = nnx.split(K.set_conv_impl(model, impl), nnx.Param, ...)
+
+        def loss(p, rest):
+            outs = nnx.merge(graphdef, p, rest, copy=True)(images)  # Variables at this trace level
+            return sum(jnp.sum(jnp.sin(o)) for level in outs for o in level), outs
+        (value, outs), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, rest)
+        return outs, jax.tree.leaves(grads)
+
+    (outs_l, grads_l), (outs_t, grads_t) = loss_and_grads("lax"), loss_and_grads("cpu_taps")
+    for a, b in zip(jax.tree.leaves(outs_t), jax.tree.leaves(outs_l)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert len(grads_t) == len(grads_l)
+    assert max(rel_err(a, b) for a, b in zip(grads_t, grads_l)) <= 1e-4

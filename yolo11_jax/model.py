@@ -29,12 +29,13 @@ Differences from PyTorch that matter for parity (see docs/parity.md):
   ``nnx.BatchNorm`` stores the biased one.
 * The DFL projection ``proj`` is a frozen ``nn.Parameter`` in the notebook;
   here it is a constant, so it is not a trainable ``nnx.Param``.
+
+The convolutions are lax's unless the network is built with ``conv_impl="cpu_taps"``
+(``kernels.py``: faster on XLA's CPU backend, the same values up to summation order).
 """
 
 from __future__ import annotations
 
-import functools
-import os
 from typing import Sequence
 
 import jax
@@ -42,6 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from flax.nnx.nn.attention import dot_product_attention_weights
+
+from yolo11_jax import kernels
+from yolo11_jax.kernels import depthwise_conv_by_taps  # noqa: F401  (its old import path)
 
 # One (cls_logits (B,H,W,C), box_ltrb (B,H,W,4), box_raw (B,H,W,4*reg_max)) per level.
 LevelOutput = tuple[jax.Array, jax.Array, jax.Array]
@@ -59,112 +63,10 @@ def _torch_bias_init(fan_in: int):
     return init
 
 
-def _weight_grad_by_shifted_dots(x, dy, kernel_shape, strides, padding):
-    """d(conv)/d(kernel) for an NHWC x HWIO convolution as one matmul per kernel tap:
-    ``dW[i, j] = x_pad[:, i::s, j::s, :]^T @ dy`` over the (B * Ho * Wo) positions.
-
-    On XLA's CPU backend this runs 1.3-3.9x faster than the convolution's own transpose
-    (measured at the notebook's layer sizes; see benchmarks/RESULTS.md), which is the step's
-    largest cost there.
-    """
-    kh, kw, ci, co = kernel_shape
-    (plo_h, phi_h), (plo_w, phi_w) = padding
-    sh, sw = strides
-    b, ho, wo, _ = dy.shape
-    acc = jnp.promote_types(jnp.result_type(x, dy), jnp.float32)  # float32, float64 under x64
-    xp = jnp.pad(x, ((0, 0), (plo_h, phi_h), (plo_w, phi_w), (0, 0)))
-    dy2 = dy.reshape(b * ho * wo, co)
-    taps = []
-    for i in range(kh):
-        for j in range(kw):
-            xs = jax.lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci),
-                               (1, sh, sw, 1))
-            taps.append(jnp.matmul(xs.reshape(b * ho * wo, ci).T, dy2, preferred_element_type=acc))
-    return jnp.stack(taps).reshape(kh, kw, ci, co)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_nhwc_cpu(x, kernel, strides, padding):
-    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _conv_nhwc_cpu_fwd(x, kernel, strides, padding):
-    return _conv_nhwc_cpu(x, kernel, strides, padding), (x, kernel)
-
-
-def _conv_nhwc_cpu_bwd(strides, padding, residuals, dy):
-    x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda x_: jax.lax.conv_general_dilated(
-        x_, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
-    dkernel = _weight_grad_by_shifted_dots(x, dy, kernel.shape, strides, padding)
-    return input_vjp(dy)[0], dkernel.astype(kernel.dtype)
-
-
-_conv_nhwc_cpu.defvjp(_conv_nhwc_cpu_fwd, _conv_nhwc_cpu_bwd)
-
-
-def depthwise_conv_by_taps(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-                           padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-    """A depthwise convolution written as a sum over its kernel taps of shifted, strided slices
-    of ``x`` times one row of the kernel: ``x (B, H, W, C)`` NHWC, ``kernel (kh, kw, 1, C)`` HWIO,
-    explicit ``padding ((top, bottom), (left, right))`` -> ``(B, H', W', C)``.
-
-    Equal to ``lax.conv_general_dilated(..., feature_group_count=C)`` up to float summation
-    order (tested in tests/test_conv.py). XLA's CPU backend runs depthwise convolutions
-    an order of magnitude slower than this elementwise form, which it fuses into one loop;
-    autodiff goes through the slices, so the gradients take the same form."""
-    kh, kw, _, c = kernel.shape
-    sh, sw = strides
-    x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-    b, hp, wp, _ = x.shape
-    h_out, w_out = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = jax.lax.slice(x, (0, i, j, 0), (b, i + (h_out - 1) * sh + 1, j + (w_out - 1) * sw + 1, c),
-                                (1, sh, sw, 1))
-            term = tap * kernel[i, j, 0]
-            out = term if out is None else out + term
-    return out
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """``lax.conv_general_dilated`` for ``nnx.Conv``. On the CPU backend, for NHWC inputs with
-    explicit padding and no dilation:
-
-    * plain convolutions take their kernel gradient from :func:`_weight_grad_by_shifted_dots`;
-    * float32 / float64 depthwise convolutions (one input channel per group, YOLO11's ``DWConv``
-      and attention ``pe``) run as :func:`depthwise_conv_by_taps`.
-
-    Both give the same values as ``lax`` up to float summation order. Everything else, and every
-    other backend, is ``lax``'s. ``YOLO11_JAX_CPU_WGRAD=lax`` (read when a function is traced)
-    turns both off, for comparisons."""
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # nnx.Conv passes out_sharding=None
-    cpu_nhwc = (jax.default_backend() == "cpu" and os.environ.get("YOLO11_JAX_CPU_WGRAD", "dots") == "dots"
-                and not kwargs and precision is None
-                and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-                and not isinstance(padding, str) and lhs.ndim == 4
-                and _is_nhwc(dimension_numbers, lhs.ndim))
-    if cpu_nhwc:
-        strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
-        if feature_group_count == 1:
-            return _conv_nhwc_cpu(lhs, rhs, strides, pads)
-        depthwise = (rhs.shape[2] == 1 and rhs.shape[3] == feature_group_count == lhs.shape[3]
-                     and lhs.dtype in (jnp.float32, jnp.float64) and rhs.dtype == lhs.dtype)
-        if depthwise:
-            return depthwise_conv_by_taps(lhs, rhs, strides, pads)
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, precision=precision, **kwargs)
-
-
-def _is_nhwc(dimension_numbers, ndim) -> bool:
-    want = jax.lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, ("NHWC", "HWIO", "NHWC"))
-    if dimension_numbers is None:
-        return False
-    if isinstance(dimension_numbers, jax.lax.ConvDimensionNumbers):
-        return dimension_numbers == want
-    return jax.lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, dimension_numbers) == want
+# The convolution every nnx.Conv of a network is built with: lax's (``conv_impl="lax"``, the
+# library default, through which every JAX transformation works). ``kernels.set_conv_impl``
+# (``presets.build_model(..., conv_impl=...)``) swaps in the CPU kernels.
+conv_general_dilated = kernels.conv_function(kernels.DEFAULT_CONV_IMPL)
 
 
 class BatchNorm(nnx.Module):
@@ -452,6 +354,8 @@ class YOLOv11(nnx.Module):
       in_channels: image channels (3).
       dtype: compute dtype of the convolutions and the attention (``None``: the inputs'
         dtype, i.e. float32). ``jnp.bfloat16`` is mixed precision: see ``set_compute_dtype``.
+      conv_impl: the convolution kernels, ``"lax"`` (default) or ``"cpu_taps"`` (faster on
+        CPU; see ``kernels.py``).
       rngs: parameter initialisation keys.
 
     Call ``model(images)`` with images ``(B, H, W, in_channels)``, H and W
@@ -464,7 +368,8 @@ class YOLOv11(nnx.Module):
     """
 
     def __init__(self, num_classes: int = 80, reg_max: int = 16, *, base: int = 64, depth: int = 2,
-                 in_channels: int = 3, dtype=None, rngs: nnx.Rngs):
+                 in_channels: int = 3, dtype=None, conv_impl: str = kernels.DEFAULT_CONV_IMPL,
+                 rngs: nnx.Rngs):
         c3, c4, c5 = base * 4, base * 8, base * 16
         self.num_classes = num_classes
         self.reg_max = reg_max
@@ -475,6 +380,7 @@ class YOLOv11(nnx.Module):
         self.c2psa = C2PSA(c5, rngs=rngs)
         self.head = DetectionHead((c3, c4, c5), num_classes, reg_max, rngs=rngs)
         set_compute_dtype(self, dtype)
+        kernels.set_conv_impl(self, conv_impl)
 
     def check_input(self, images) -> None:
         """Raise ``ValueError`` unless images are (B, H, W, in_channels) with H, W multiples of 32."""
