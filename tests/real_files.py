@@ -111,7 +111,28 @@ CHECKPOINTS: list[RealFile] = [
 DETECTORS = ["yolo11n_official", "yolo11n_8.3_emotions", "yolo11n_8.4_irball", "yolo11s_8.4_uitag"]
 REFUSED = {"yolov8_abd": "YOLOv8", "yolo11n_seg": "segmentation model", "yolo11n_pose": "pose (keypoint) model"}
 
-PHOTOS: list[RealFile] = []
+PHOTOS: list[RealFile] = [
+    # Ultralytics' own sample photos (AGPL-3.0, not committed), the ones its docs predict on.
+    RealFile("bus", "ultralytics==8.4.190", "ultralytics/assets/bus.jpg",
+             "c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63", "photo",
+             "810x1080 street photo: a bus and four people"),
+    RealFile("zidane", "ultralytics==8.4.190", "ultralytics/assets/zidane.jpg",
+             "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb", "photo",
+             "1280x720 photo: two people, ties"),
+    # scikit-image's sample data (BSD / public-domain images).
+    RealFile("astronaut", "scikit-image==0.26.0", "skimage/data/astronaut.png",
+             "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5", "photo",
+             "512x512 portrait of an astronaut (a person)"),
+    RealFile("chelsea", "scikit-image==0.26.0", "skimage/data/chelsea.png",
+             "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb", "photo", "451x300: a cat"),
+    RealFile("coffee", "scikit-image==0.26.0", "skimage/data/coffee.png",
+             "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7", "photo", "600x400: a cup of coffee"),
+    RealFile("camera", "scikit-image==0.26.0", "skimage/data/camera.png",
+             "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a", "photo",
+             "512x512 greyscale: a man with a camera"),
+    RealFile("motorcycle", "scikit-image==0.26.0", "skimage/data/motorcycle_left.png",
+             "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179", "photo", "741x500: a motorcycle"),
+]
 
 DATASETS: list[RealFile] = []
 

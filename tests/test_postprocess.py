@@ -312,3 +312,41 @@ def test_postprocess_inside_jit_and_int_img_size():
     for k in expected:
         np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(expected[k]))
     assert np.asarray(got["valid"]).any()
+
+
+# ----------------------------------------------------------------------------- Ultralytics' NMS
+
+
+@pytest.mark.parametrize("conf_threshold,max_det", [(0.25, 300), (0.001, 300), (0.05, 7)])
+def test_class_offset_nms_matches_the_ultralytics_yardstick(conf_threshold, max_det):
+    """``class_offset=7680`` against ``reference_torch.ultralytics_predict.non_max_suppression``
+    (Ultralytics' rules in plain torch): the same detections, in the same order, exactly.
+
+    Clustered boxes of 5 classes over a 640 x 480 frame, so that same-class and cross-class
+    overlaps both occur; the yardstick's xywh -> xyxy conversion feeds both sides."""
+    import torch
+
+    from reference_torch import ultralytics_predict as ref
+
+    rng = np.random.default_rng(11)
+    a, c = 2000, 5
+    centres = rng.uniform([0, 0], [640, 480], (40, 2))
+    xy = centres[rng.integers(0, 40, a)] + rng.normal(0, 6, (a, 2))
+    wh = rng.uniform(8, 200, (a, 2)) * rng.uniform(0.9, 1.1, (a, 1))
+    logits = rng.normal(-3, 2.0, (a, c))
+    pred = torch.from_numpy(np.concatenate([xy, wh, 1 / (1 + np.exp(-logits))], 1).T[None].astype(np.float32))
+    want = ref.non_max_suppression(pred.clone(), conf_threshold, 0.7, max_det=max_det)[0].numpy()
+
+    x = pred[0].T
+    boxes_xyxy = torch.cat([x[:, :2] - x[:, 2:4] / 2, x[:, :2] + x[:, 2:4] / 2], 1).numpy()
+    got = jax.device_get(non_max_suppression(boxes_xyxy[None], x[:, 4:].numpy()[None], conf_threshold=conf_threshold,
+                                             iou_threshold=0.7, max_det=max_det, class_offset=7680.0))
+    valid = got["valid"][0]
+    assert 3 < len(want) <= max_det and int(valid.sum()) == len(want)
+    np.testing.assert_array_equal(got["classes"][0][valid], want[:, 5].astype(np.int32))
+    np.testing.assert_array_equal(got["scores"][0][valid], want[:, 4])
+    np.testing.assert_array_equal(got["boxes_xyxy"][0][valid], want[:, :4])
+    # Class ids compared exactly (offset 0) agree here too: no IoU this close to the threshold.
+    exact = jax.device_get(non_max_suppression(boxes_xyxy[None], x[:, 4:].numpy()[None],
+                                               conf_threshold=conf_threshold, iou_threshold=0.7, max_det=max_det))
+    np.testing.assert_array_equal(exact["anchor_indices"], got["anchor_indices"])
