@@ -12,8 +12,10 @@ Typical use::
         ...  # batch["images"] (B, S, S, 3) uint8, batch["boxes_cxcywh"] (B, M, 4),
              # batch["labels"] (B, M) int32, batch["mask"] (B, M) bool
 
-Modules: :mod:`.shapes` (embedded synthetic dataset), :mod:`.sources` (readers, the shared
-cleaning, the lazily decoded :class:`RecordSource`), :mod:`.transforms` (resize / letterbox),
+Modules: :mod:`.shapes` (embedded synthetic dataset), one reader per format (:mod:`.hf`,
+:mod:`.coco_json`, :mod:`.yolo_folder`), :mod:`.records` (records, the lazily decoded
+:class:`RecordSource`, counters), :mod:`.cleaning` (the cleaning shared by every reader),
+:mod:`.transforms` (resize / letterbox),
 :mod:`.augment` (Ultralytics-style augmentation), :mod:`.pipeline` (the Grain pipeline),
 :mod:`.build` (spec resolution, :func:`build_dataset`).
 """

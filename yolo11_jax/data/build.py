@@ -31,22 +31,11 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from .shapes import SHAPES_CLASS_NAMES, shapes_source
-from .sources import (
-    DataStats,
-    ExampleCleaner,
-    RecordSource,
-    Example,
-    _is_hf_dataset,
-    _is_save_to_disk_dir,
-    coco_categories,
-    coco_json_examples,
-    collect_examples,
-    hf_class_names,
-    hf_examples,
-    open_hf_dataset,
-    yolo_class_names,
-    yolo_txt_examples,
-)
+from .coco_json import coco_categories, coco_json_examples
+from .hf import _is_hf_dataset, _is_save_to_disk_dir, hf_class_names, hf_examples, open_hf_dataset
+from .records import IMAGE_EXTENSIONS, DataStats, Example, RecordSource, collect_examples
+from .cleaning import ExampleCleaner
+from .yolo_folder import yolo_class_names, yolo_txt_examples
 
 SourceSpec = Union[str, os.PathLike, Any]
 
@@ -123,7 +112,7 @@ def guess_coco_image_dir(annotation_json: Union[str, os.PathLike]) -> Path:
     for c in candidates:
         if c.is_dir():
             return c
-    if any(f.suffix.lower() in (".jpg", ".jpeg", ".png") for f in p.parent.iterdir()):
+    if any(f.suffix.lower() in IMAGE_EXTENSIONS for f in p.parent.iterdir()):
         return p.parent
     raise ValueError(
         f"cannot guess the image folder of {str(annotation_json)!r} (tried {[str(c) for c in candidates]});"
@@ -245,7 +234,7 @@ class DetectionData:
     """A loaded split.
 
     Attributes:
-      examples: the cleaned examples, random access: a :class:`~yolo11_jax.data.sources.RecordSource`
+      examples: the cleaned examples, random access: a :class:`~yolo11_jax.data.records.RecordSource`
         (indexed; each image decoded when ``examples[i]`` is read) or, for a streamed source,
         the list of examples buffered from the stream.
       stats: what cleaning did (``stats.summary()``).

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from .augment import Augment, augment_sample, cxcywh_to_xyxy, resize_long_side
-from .sources import DataStats, RecordSource, UnreadableImageError
+from .records import DataStats, RecordSource, UnreadableImageError
 from .transforms import letterbox as letterbox_image
 from .transforms import resize_plain
 
@@ -236,8 +236,8 @@ class TrainPipeline:
     """Shuffled, sharded, augmented training batches of a random-access source.
 
     Args:
-      source: a :class:`~yolo11_jax.data.sources.RecordSource` (or any sequence of
-        :class:`~yolo11_jax.data.sources.Example`).
+      source: a :class:`~yolo11_jax.data.records.RecordSource` (or any sequence of
+        :class:`~yolo11_jax.data.records.Example`).
       batch_size: the global batch ``B``; each process gets ``B / P`` rows of it.
       img_size, max_boxes, letterbox, augment, seed: see :class:`MakeSample`.
       epochs: the run's length in epochs (for ``close_mosaic``).
@@ -341,7 +341,7 @@ class StreamSource:
         return self.num_rows
 
     def examples(self, epoch: int, seed: int) -> Iterator:
-        from .sources import hf_examples
+        from .hf import hf_examples
 
         stream = self.ds.shuffle(seed=seed, buffer_size=self.shuffle_buffer) if self.shuffle_buffer else self.ds
         stream.set_epoch(epoch)

@@ -258,12 +258,12 @@ class ShapesImage:
 
 def shapes_source(split: str = "train", num_images: Optional[int] = None, img_size: int = 128, seed: int = 0, *,
                   cleaner, resize_to: Optional[int] = None, letterbox: bool = False, max_samples: Optional[int] = None):
-    """The shapes split as a lazily rendered :class:`~yolo11_jax.data.sources.RecordSource`: the
+    """The shapes split as a lazily rendered :class:`~yolo11_jax.data.records.RecordSource`: the
     boxes and labels of every image are computed now (one render each, ~0.4 ms at 128 px), the
     pixels again whenever an image is read, so memory does not grow with ``num_images``.
-    ``cleaner`` (an :class:`~yolo11_jax.data.sources.ExampleCleaner` for ``xywh`` boxes)
+    ``cleaner`` (an :class:`~yolo11_jax.data.cleaning.ExampleCleaner` for ``xywh`` boxes)
     checks the class ids and counts; ``source_id`` is ``shapes/<split>[i]``."""
-    from .sources import RecordSource
+    from .records import RecordSource
 
     if num_images is None:
         num_images = DEFAULT_NUM_IMAGES.get(split, 200)
