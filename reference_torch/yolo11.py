@@ -132,18 +132,25 @@ class C3k2(nn.Module):
 
 
 class SPPF(nn.Module):
-    def __init__(self, c1, c2, k=5):
+    """``n`` chained max-pools after ``cv1``, concatenated into ``cv2``; ``shortcut`` adds the
+    input (when c1 == c2); ``act`` is cv1's SiLU (Ultralytics 8.4 before 8.4.190 built it with
+    ``act=False``: an ``Identity``)."""
+
+    def __init__(self, c1, c2, k=5, n=3, shortcut=False, act=True):
         super().__init__()
         hidden = c1 // 2
-        self.cv1 = Conv(c1, hidden, 1)
-        self.cv2 = Conv(4 * hidden, c2, 1)
+        self.cv1 = Conv(c1, hidden, 1, act=act)
+        self.cv2 = Conv((n + 1) * hidden, c2, 1)
         self.m = nn.MaxPool2d(k, 1, k // 2)
+        self.n = n
+        self.add = shortcut and c1 == c2
 
     def forward(self, x):
         ys = [self.cv1(x)]
-        for _ in range(3):
+        for _ in range(self.n):
             ys.append(self.m(ys[-1]))
-        return self.cv2(torch.cat(ys, 1))
+        y = self.cv2(torch.cat(ys, 1))
+        return y + x if self.add else y
 
 
 class Attention(nn.Module):
@@ -246,9 +253,10 @@ def _make_divisible(x, divisor=8):
     return math.ceil(x / divisor) * divisor
 
 
-def parse_rows(scale, nc, ch_in=3, reg_max=16):
+def parse_rows(scale, nc, ch_in=3, reg_max=16, sppf_act=True, sppf_n=3, sppf_shortcut=False):
     """Build the 24 layers of ``YAML_ROWS`` at ``scale``; each layer gets ``f`` (its sources)
-    and ``i`` (its index) attributes, as Ultralytics' layers do."""
+    and ``i`` (its index) attributes, as Ultralytics' layers do. ``sppf_*``: the SPPF variant
+    (see ``SPPF``)."""
     depth, width, max_channels = SCALES[scale]
     ch, layers = [], []
     for i, (f, n, name, args) in enumerate(YAML_ROWS):
@@ -261,7 +269,7 @@ def parse_rows(scale, nc, ch_in=3, reg_max=16):
         elif name == "C3k2":
             m = C3k2(c1, c2, n, args[1] or scale in "mlx", *args[2:])
         elif name == "SPPF":
-            m = SPPF(c1, c2, *args[1:])
+            m = SPPF(c1, c2, *args[1:], n=sppf_n, shortcut=sppf_shortcut, act=sppf_act)
         elif name == "C2PSA":
             m = C2PSA(c1, c2, n)
         elif name == "nn.Upsample":
@@ -280,14 +288,15 @@ class YOLO11(nn.Module):
     """YOLO11 detector; ``state_dict()`` keys are those of Ultralytics' ``DetectionModel``.
 
     Initialised as Ultralytics does: PyTorch's default layer init, ``Detect.bias_init``, then
-    every BatchNorm2d set to eps 1e-3 and momentum 0.03.
+    every BatchNorm2d set to eps 1e-3 and momentum 0.03. ``sppf_act``, ``sppf_n`` and
+    ``sppf_shortcut`` choose the SPPF variant (defaults: the released weights' architecture).
     """
 
-    def __init__(self, scale="n", nc=80, reg_max=16, ch=3):
+    def __init__(self, scale="n", nc=80, reg_max=16, ch=3, *, sppf_act=True, sppf_n=3, sppf_shortcut=False):
         super().__init__()
         self.scale = scale
         self.nc = nc
-        self.model = nn.Sequential(*parse_rows(scale, nc, ch, reg_max))
+        self.model = nn.Sequential(*parse_rows(scale, nc, ch, reg_max, sppf_act, sppf_n, sppf_shortcut))
         self.model[-1].bias_init()
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):

@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from yolo11_jax.model import YOLOv11, torch_constants
-from yolo11_jax.yolo11 import YOLO11
+from yolo11_jax.model import ConvBNSiLU, YOLOv11, torch_constants
+from yolo11_jax.yolo11 import DEFAULT_VARIANT, YOLO11, Variant
 
 Model = YOLOv11 | YOLO11
 
@@ -335,6 +335,130 @@ def load_pretrained(model: Model, state_dict: Mapping[str, Any]) -> PretrainedRe
 # --------------------------------------------------------------------------- Ultralytics checkpoints
 
 
+VARIANT_METADATA_KEY = "yolo11_variant"
+
+
+def variant_metadata(model: Model) -> dict[str, str]:
+    """The ``.safetensors`` metadata entry recording a YOLO11's ``Variant`` (``{}`` for the
+    notebook's networks). ``convert`` writes it; training's exports should merge it too."""
+    return {VARIANT_METADATA_KEY: model.variant.to_json()} if isinstance(model, YOLO11) else {}
+
+
+def variant_from_metadata(meta: Mapping[str, str], source: str = "") -> Variant:
+    """The ``Variant`` a ``.safetensors`` file's metadata records (``yolo11_variant``, possibly
+    inside a training ``config`` JSON), else the default. Raises ``ValueError`` naming the file
+    for a malformed entry."""
+    text = meta.get(VARIANT_METADATA_KEY)
+    if text is None and "config" in meta:
+        try:
+            cfg = json.loads(meta["config"])
+        except ValueError:
+            cfg = {}
+        text = cfg.get(VARIANT_METADATA_KEY) if isinstance(cfg, dict) else None
+    try:
+        return Variant.from_json(text)
+    except ValueError as e:
+        raise ValueError(f"{source}: metadata {VARIANT_METADATA_KEY}: {e}") from None
+
+
+def weights_variant(path: str | os.PathLike) -> tuple[Variant, str]:
+    """``(variant, where it came from)`` of a weights file: an Ultralytics ``.pt`` (its records)
+    or a ``.safetensors`` (its metadata; the default when it has none)."""
+    from yolo11_jax.ultralytics_pt import read_ultralytics
+
+    path = str(path)
+    if path.endswith(".pt"):
+        _, info = read_ultralytics(path)
+        return Variant(**info["variant"]), f"the records of {os.path.basename(path)} " \
+                                          f"(Ultralytics {info['ultralytics_version'] or '?'})"
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        meta = dict(f.metadata() or {})
+    if VARIANT_METADATA_KEY not in meta and VARIANT_METADATA_KEY not in meta.get("config", ""):
+        return DEFAULT_VARIANT, f"{os.path.basename(path)} (no {VARIANT_METADATA_KEY} metadata: the default)"
+    return variant_from_metadata(meta, path), f"the metadata of {os.path.basename(path)}"
+
+
+def build_yolo11(preset: str, *, num_classes: int, variant: Variant = DEFAULT_VARIANT, reg_max: int = 16,
+                 dtype=None, rngs: nnx.Rngs) -> YOLO11:
+    """A ``YOLO11`` preset ('yolo11n' ...) with another ``Variant`` (``presets.build_model``
+    builds the default one)."""
+    from yolo11_jax.presets import get_preset
+
+    p = get_preset(preset)
+    if p.scale is None:
+        raise ValueError(f"{preset!r} is not a YOLO11 preset; a variant applies only to those")
+    return YOLO11(p.scale, num_classes, reg_max, variant=variant, dtype=dtype, rngs=rngs)
+
+
+def build_for_init_weights(preset: str, path: str | os.PathLike, *, num_classes: int, dtype=None,
+                           rngs: nnx.Rngs) -> tuple[Model, str | None]:
+    """The model to fine-tune from ``path`` (``--init-weights``): ``preset`` built with the
+    architecture variant the file records, so that its weights compute what they were trained
+    to. Returns ``(model, note)``: ``note`` is a log line when the file's variant is not the
+    default (``None`` otherwise, or for the notebook's networks)."""
+    from yolo11_jax.presets import build_model, get_preset
+
+    if get_preset(preset).scale is None:
+        return build_model(preset, num_classes=num_classes, dtype=dtype, rngs=rngs), None
+    variant, where = weights_variant(path)
+    if variant == DEFAULT_VARIANT:
+        return build_model(preset, num_classes=num_classes, dtype=dtype, rngs=rngs), None
+    model = build_yolo11(preset, num_classes=num_classes, variant=variant, dtype=dtype, rngs=rngs)
+    return model, (f"init weights: following the architecture recorded in {where}: {variant.name} "
+                   f"(--model {preset} builds {DEFAULT_VARIANT.name} from scratch)")
+
+
+_CLASS_IN_NNX = {"Conv": "ConvBNSiLU", "DWConv": "ConvBNSiLU"}
+_NNX_CHECKED = ("ConvBNSiLU", "Bottleneck", "C3k", "C3k2", "SPPF", "C2PSA", "PSABlock", "Attention", "Detect", "DFL")
+
+
+def check_architecture(model: YOLO11, records: Mapping[str, dict], path: str = "") -> None:
+    """Compare the architecture a checkpoint records (``ultralytics_pt.architecture_records``)
+    with ``model``, module by module under the shared key names: the module classes (so C3k2's
+    c3k flag and repeat count), every Conv's activation (``SiLU`` or ``Identity``), SPPF's ``n``
+    and ``add``, the shortcuts, the attention heads, Detect's ``nc`` / ``reg_max`` and its
+    ``legacy`` / ``end2end`` flags. Raises ``UltralyticsCheckpointError`` listing every record
+    the network does not represent."""
+    from yolo11_jax.ultralytics_pt import UltralyticsCheckpointError
+
+    nnx_modules = {".".join(map(str, p)): m for p, m in nnx.iter_modules(model) if p}
+    problems = []
+    for key, rec in records.items():
+        cls = rec["class"]
+        m = nnx_modules.get(key)
+        want = _CLASS_IN_NNX.get(cls, cls)
+        if m is None or type(m).__name__ != want:
+            problems.append(f"record {key} is a {cls}; this network has "
+                            f"{'nothing' if m is None else 'a ' + type(m).__name__} there")
+            continue
+        if cls in ("Conv", "DWConv"):
+            if rec.get("act") not in ("SiLU", "Identity"):
+                problems.append(f"record {key}.act is {rec.get('act')}; this network has only SiLU or no activation")
+            elif (rec["act"] == "SiLU") != bool(m.act):
+                problems.append(f"record {key}.act is {rec['act']}; this network has "
+                                f"{'SiLU' if m.act else 'no activation'} there")
+        checks = {"SPPF": {"n": m.n if cls == "SPPF" else None, "add": getattr(m, "add", None)},
+                  "Bottleneck": {"add": getattr(m, "add", None)}, "PSABlock": {"add": getattr(m, "add", None)},
+                  "Attention": {a: getattr(m, a, None) for a in ("num_heads", "key_dim", "head_dim")},
+                  "C3k2": {"c": getattr(m, "c", None)}, "C2PSA": {"c": getattr(m, "c", None)},
+                  "Detect": {"nc": getattr(m, "num_classes", None), "reg_max": getattr(m, "reg_max", None),
+                             "legacy": False, "end2end": False}}.get(cls, {})
+        for attr, ours in checks.items():
+            if attr in rec and bool(rec[attr]) != bool(ours) if isinstance(ours, bool) else \
+                    attr in rec and rec[attr] != ours:
+                problems.append(f"record {key}.{attr} is {rec[attr]!r}; this network has {ours!r}")
+    for key, m in nnx_modules.items():
+        name = type(m).__name__
+        if name in _NNX_CHECKED and key not in records and not key.endswith(".dfl"):
+            problems.append(f"this network has a {name} at {key}; the file records none there")
+    if problems:
+        raise UltralyticsCheckpointError(
+            f"{path}: the file's architecture records ask for what this YOLO11 network cannot represent "
+            f"({len(problems)} problems):\n  " + "\n  ".join(problems))
+
+
 def load_ultralytics(path: str | os.PathLike, *, dtype=None) -> tuple[YOLO11, dict]:
     """An NNX ``YOLO11`` with the weights of an Ultralytics YOLO11 detection checkpoint.
 
@@ -343,6 +467,11 @@ def load_ultralytics(path: str | os.PathLike, *, dtype=None) -> tuple[YOLO11, di
     Both released weights (``"model"``) and training checkpoints (``last.pt`` / ``best.pt``,
     ``"ema"``) load; FP16 weights become float32.
 
+    The network is the one the file describes: its scale and class count from the tensors, its
+    ``Variant`` (SPPF's activation, ``n`` and shortcut) and ``reg_max`` from the pickled modules,
+    and every other recorded choice checked (``check_architecture``): a record the network
+    cannot represent is refused, never computed differently.
+
     Args:
       path: the ``.pt`` file.
       dtype: compute dtype (``None``: float32; ``jnp.bfloat16`` for mixed precision).
@@ -350,23 +479,27 @@ def load_ultralytics(path: str | os.PathLike, *, dtype=None) -> tuple[YOLO11, di
     Returns:
       ``(model, info)``: the model in eval mode (``model.train()`` to fine-tune), and ``info``
       with ``num_classes``, ``class_names``, ``scale``, ``preset``, ``weights_key`` ('model' or
-      'ema'), ``ultralytics_version``, ``epoch``, ``date``, ``file_dtype``, ``path``.
+      'ema'), ``ultralytics_version``, ``epoch``, ``date``, ``file_dtype``, ``path``,
+      ``variant`` (the fields), ``variant_name``, ``reg_max``, ``imgsz``, ``architecture``.
 
     Raises:
       ultralytics_pt.UltralyticsCheckpointError (a ValueError) when the file is not a YOLO11
-      detection checkpoint, names a class outside the allowed list, or its tensors do not fit.
+      detection checkpoint, names a class outside the allowed list, records an architecture this
+      network cannot represent, or its tensors do not fit.
     """
-    from yolo11_jax.presets import build_model
     from yolo11_jax.ultralytics_pt import UltralyticsCheckpointError, read_ultralytics
 
     state_dict, info = read_ultralytics(path)
+    variant = Variant(**info["variant"])
+    info["variant_name"] = variant.name
     # Abstract construction: every variable is then set from the checkpoint.
-    model = nnx.eval_shape(lambda: build_model(info["preset"], num_classes=info["num_classes"], dtype=dtype,
-                                               rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: YOLO11(info["scale"], info["num_classes"], info["reg_max"], variant=variant,
+                                          dtype=dtype, rngs=nnx.Rngs(0)))
+    check_architecture(model, info["architecture"], str(path))
     try:
         load_state_dict(model, state_dict)
     except ValueError as e:
-        raise UltralyticsCheckpointError(f"{path}: the tensors do not fit {info['preset']} with "
+        raise UltralyticsCheckpointError(f"{path}: the tensors do not fit {info['preset']} ({variant.name}) with "
                                          f"{info['num_classes']} classes: {e}") from None
     model.eval()
     return model, info
@@ -374,7 +507,8 @@ def load_ultralytics(path: str | os.PathLike, *, dtype=None) -> tuple[YOLO11, di
 
 def safetensors_metadata(preset: str, class_names: list[str], **extra: Any) -> dict[str, str]:
     """The metadata ``python -m yolo11_jax.convert`` writes: ``model`` (preset name),
-    ``num_classes``, ``class_names`` (a JSON list), and any ``extra`` values as strings."""
+    ``num_classes``, ``class_names`` (a JSON list), and any ``extra`` values as strings
+    (``yolo11_variant``: ``variant_metadata``)."""
     meta = {"model": preset, "num_classes": str(len(class_names)), "class_names": json.dumps(list(class_names))}
     meta.update({k: str(v) for k, v in extra.items() if v is not None})
     return meta
@@ -405,10 +539,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    imgsz = info.get("imgsz")
     meta = safetensors_metadata(info["preset"], info["class_names"], source=os.path.basename(args.checkpoint),
-                                ultralytics_version=info["ultralytics_version"])
+                                origin="ultralytics", ultralytics_version=info["ultralytics_version"],
+                                imgsz=json.dumps(imgsz) if imgsz is not None else None, **variant_metadata(model))
     save_safetensors(model, out, metadata=meta)
-    print(f"wrote {out}: {info['preset']}, {info['num_classes']} classes, weights from "
+    print(f"wrote {out}: {info['preset']}, {info['num_classes']} classes, architecture {info['variant_name']}, weights from "
           f"checkpoint[{info['weights_key']!r}] (Ultralytics {info['ultralytics_version'] or 'version unknown'}, "
           f"{info['file_dtype']} in the file, float32 here)")
     return 0

@@ -26,6 +26,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from yolo11_jax.coco_eval import CocoEvaluator
+from yolo11_jax.yolo11 import DEFAULT_VARIANT, Variant
 from yolo11_jax.options import add_arguments, at_least, between, defaults, multiple_of, option, validate
 from yolo11_jax.options import given as config_given
 from yolo11_jax.postprocess import postprocess
@@ -83,17 +84,19 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
 
 def weights_config(path: Path) -> dict:
     """The training config a ``.safetensors`` file carries: ``train.py``'s ``config`` metadata,
-    or the ``model`` / ``num_classes`` / ``class_names`` entries that ``python -m
-    yolo11_jax.convert`` writes. {} for none."""
+    or the ``model`` / ``num_classes`` / ``class_names`` / ``yolo11_variant`` / ``origin`` /
+    ``imgsz`` / ``ultralytics_version`` entries that ``python -m yolo11_jax.convert`` writes.
+    {} for none."""
     meta = safetensors_metadata(path)
     try:
         cfg = json.loads(meta.get("config", "{}"))
     except ValueError:
         cfg = {}
     cfg = cfg if isinstance(cfg, dict) else {}
-    if "model" in meta and "model" not in cfg:
-        cfg["model"] = meta["model"]
-    for key in ("num_classes", "class_names"):
+    for key in ("model", "yolo11_variant", "origin", "ultralytics_version"):  # plain strings
+        if key in meta and key not in cfg:
+            cfg[key] = meta[key]
+    for key in ("num_classes", "class_names", "imgsz"):  # JSON values
         if key in meta and key not in cfg:
             try:
                 cfg[key] = json.loads(meta[key])
@@ -143,7 +146,16 @@ def load_model(*, run: Path | None = None, weights: Path | None = None, model_na
     classes = num_classes or cfg.get("num_classes") or _num_classes_from_safetensors(path)
     if not classes:
         raise ValueError(f"cannot tell the number of classes of {path}: pass --num-classes")
-    model = build_model(name, num_classes=int(classes), rngs=nnx.Rngs(0))
+    # The YOLO11 architecture variant the weights were trained with (an Ultralytics 8.4 SPPF
+    # without activation, ...): recorded by convert and train, the default when absent.
+    try:
+        variant = Variant.from_json(cfg.get(convert.VARIANT_METADATA_KEY))
+    except ValueError as e:
+        raise WeightsError(f"{path}: {convert.VARIANT_METADATA_KEY}: {e}") from None
+    if variant != DEFAULT_VARIANT and name.startswith("yolo11"):
+        model = convert.build_yolo11(name, num_classes=int(classes), variant=variant, rngs=nnx.Rngs(0))
+    else:
+        model = build_model(name, num_classes=int(classes), rngs=nnx.Rngs(0))
     try:
         convert.load_safetensors(path, model)
     except Exception as e:  # noqa: BLE001 - a corrupt file, or weights of another model / class count
@@ -165,7 +177,9 @@ def _load_pt(path: Path, *, model_name: str | None, num_classes: int | None) -> 
     if num_classes is not None and num_classes != info["num_classes"]:
         raise WeightsError(f"{path} has {info['num_classes']} classes, not {num_classes} (drop --num-classes)")
     model.train()  # (eval_graphdef switches modes itself)
-    cfg = {"model": info["preset"], "num_classes": info["num_classes"], "class_names": info["class_names"]}
+    cfg = {"model": info["preset"], "num_classes": info["num_classes"], "class_names": info["class_names"],
+           "origin": "ultralytics", "ultralytics_version": info["ultralytics_version"], "imgsz": info["imgsz"],
+           convert.VARIANT_METADATA_KEY: model.variant.to_json()}
     return LoadedModel(model, info["preset"], info["num_classes"], info["class_names"], cfg, path)
 
 

@@ -12,6 +12,8 @@ resolves only the names in ``ALLOWED_GLOBALS``, an explicit list of (module, nam
   (``torch.HalfStorage``, ``FloatStorage``, ``LongStorage``, ...) named by the storages'
   persistent ids; tensors are read from the archive's raw storages, bounds-checked;
 * containers: ``collections.OrderedDict`` and ``set`` (as ``__builtin__.set`` or ``builtins.set``);
+  ``torch.Size``, read as a plain tuple of ints (every trained checkpoint has one: the Detect
+  head's ``shape``, set by a forward pass);
 * the ``torch.nn`` and ``ultralytics.nn`` module classes of a YOLO11 detector and a few harmless
   classes other Ultralytics versions pickle (the training-arguments namespace, the loss objects
   an 8.3 training checkpoint may carry, NumPy scalars, ``torch.device``). Each becomes an inert
@@ -33,6 +35,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from collections import OrderedDict
@@ -185,6 +188,15 @@ def _rebuild_parameter_with_state(data, requires_grad=False, backward_hooks=None
     return _rebuild_parameter(data, requires_grad, backward_hooks)
 
 
+def _torch_size(dims=()):
+    """``torch.Size((a, b, ...))`` -> the tuple of ints (``torch.Size`` is a tuple subclass; a
+    network that has run a forward pass keeps one in its Detect head's ``shape``)."""
+    dims = tuple(dims)
+    if not all(_is_int(d) and d >= 0 for d in dims):
+        raise pickle.UnpicklingError(f"torch.Size: expected non-negative ints, got {dims!r}")
+    return dims
+
+
 def _torch_device(*args):
     """``torch.device('cpu')`` -> the string 'cpu'."""
     return ":".join(str(a) for a in args)
@@ -242,6 +254,7 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
     ("torch", "device"): _torch_device,
+    ("torch", "Size"): _torch_size,
     ("numpy", "dtype"): _NumpyDType,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
@@ -272,6 +285,51 @@ OTHER_MODELS: dict[str, str] = {
 }
 
 _NOT_A_CHECKPOINT = "only Ultralytics YOLO11 detection checkpoints (.pt) are supported"
+
+
+def pickle_globals(data: bytes | io.BufferedIOBase) -> list[tuple[str, str]]:
+    """Every (module, name) a pickle's GLOBAL / STACK_GLOBAL opcodes name, in order of first use,
+    found by reading the opcodes (``pickletools.genops``) without running anything. A name built
+    at run time from non-string values (never seen in real files) is reported as ``('?', '?')``."""
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    memo: dict[int, Any] = {}
+    strings: list[Any] = []
+    last: Any = None
+    seen: dict[tuple[str, str], None] = {}
+    for op, arg, _ in pickletools.genops(stream):
+        name = op.name
+        if name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
+                    "STRING"):
+            last = arg
+            strings.append(arg)
+            continue
+        if name in ("BINGET", "LONG_BINGET", "GET"):
+            last = memo.get(arg)
+            strings.append(last)
+            continue
+        if name == "MEMOIZE":
+            memo[len(memo)] = last
+            continue
+        if name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[arg] = last
+            continue
+        if name == "GLOBAL":
+            module, _, attr = arg.partition(" ")
+            seen.setdefault((module, attr), None)
+        elif name == "STACK_GLOBAL":
+            pair = tuple(strings[-2:]) if len(strings) >= 2 else ()
+            seen.setdefault(pair if len(pair) == 2 and all(isinstance(x, str) for x in pair) else ("?", "?"), None)
+        last = None
+    return list(seen)
+
+
+def _refuse_other_models(names: list[tuple[str, str]], path: str) -> None:
+    """Refuse a file whose pickle names a class of another model kind, before unpickling, so the
+    message names the kind whatever other unknown names the file has."""
+    for module, name in names:
+        if module.split(".")[0] == "ultralytics" and name in OTHER_MODELS:
+            raise UltralyticsCheckpointError(
+                f"{path}: this is {OTHER_MODELS[name]} (the file contains {module}.{name}); {_NOT_A_CHECKPOINT}")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -339,7 +397,9 @@ def _zip_pickle(path: str) -> tuple[Any, set[str]]:
                 cache[key] = _Storage(storage_type, np.frombuffer(raw, dtype, count=numel))
             return cache[key]
 
-        unpickler = _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), load_storage, path)
+        data = zf.read(pkl[0])
+        _refuse_other_models(pickle_globals(data), path)
+        unpickler = _RestrictedUnpickler(io.BytesIO(data), load_storage, path)
         return unpickler.load(), unpickler.classes_seen
 
 
@@ -367,6 +427,8 @@ def _legacy_pickle(path: str) -> tuple[Any, set[str]]:
             raise UltralyticsCheckpointError(f"{path}: not a PyTorch checkpoint; {_NOT_A_CHECKPOINT}")
         byteorder = "little" if sys_info.get("little_endian", True) else "big"
         start = f.tell()
+        _refuse_other_models(pickle_globals(f), path)
+        f.seek(start)
         types: dict[str, tuple[_StorageType, int]] = {}
 
         def collect(storage_type, key, numel):
@@ -509,7 +571,9 @@ def read_ultralytics(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
       info: ``num_classes``, ``class_names`` (list), ``scale`` ('n'..'x'), ``preset``
         ('yolo11n'..), ``weights_key`` ('model' or 'ema'; None for a bare pickled model),
         ``ultralytics_version`` (the checkpoint's ``version``, or None), ``epoch``, ``date``,
-        ``file_dtype`` (the weights' dtype in the file, e.g. 'float16'), ``path``.
+        ``file_dtype`` (the weights' dtype in the file, e.g. 'float16'), ``path``,
+        ``variant`` (the ``yolo11.Variant`` fields the file records, a dict), ``reg_max``,
+        ``imgsz`` (``train_args.imgsz``, or None), ``architecture`` (``architecture_records``).
 
     Raises:
       UltralyticsCheckpointError (a ValueError): with one message for a disallowed pickle class,
@@ -552,15 +616,105 @@ def read_ultralytics(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
             f"{path}: the class-output layer has {num_classes} classes but "
             + ", ".join(f"{k} is {v}" for k, v in wrong.items()))
 
+    records = architecture_records(model)
+    variant, reg_max = _variant_from_records(records, path)
+    dfl = raw.get("model.23.dfl.conv.weight")
+    if dfl is not None and dfl.shape[1:2] != (reg_max,):
+        raise UltralyticsCheckpointError(f"{path}: the Detect record says reg_max={reg_max} but "
+                                         f"model.23.dfl.conv.weight has shape {tuple(dfl.shape)}")
+
     float_dtypes = sorted({str(a.dtype) for a in raw.values() if a.dtype.kind == "f"})
     state_dict = {k: (a.astype(np.float32) if a.dtype.kind == "f" else a) for k, a in raw.items()}
     info = dict(
         path=path, preset=f"yolo11{shape_scale}", scale=shape_scale, num_classes=num_classes,
         class_names=_class_names(names, num_classes, path), weights_key=key,
         ultralytics_version=ckpt.get("version"), epoch=ckpt.get("epoch"), date=ckpt.get("date"),
-        file_dtype=",".join(float_dtypes),
+        file_dtype=",".join(float_dtypes), variant=variant, reg_max=reg_max,
+        imgsz=_train_imgsz(ckpt, model), architecture=records,
     )
     return state_dict, info
+
+
+# Attributes of Ultralytics' module records that fix the architecture (see architecture_records).
+_RECORD_ATTRS: dict[str, tuple[str, ...]] = {
+    "SPPF": ("n", "add"), "Bottleneck": ("add",), "PSABlock": ("add",),
+    "Attention": ("num_heads", "key_dim", "head_dim"), "Detect": ("nc", "reg_max", "legacy", "end2end"),
+    "C3k2": ("c",), "C2PSA": ("c",),
+}
+
+
+def architecture_records(model: PickledObject) -> dict[str, dict]:
+    """What the file records about its architecture: ``{path: {"class": name, ...}}`` for every
+    Ultralytics module in the pickled model (``path`` as in state-dict keys, e.g. ``model.9.cv1``).
+
+    Per class: ``Conv`` / ``DWConv``: ``act``, the class name of its pickled activation module
+    (``SiLU``, ``Identity``, ...); ``SPPF``: ``n``, ``add`` (absent before 8.4) and ``k``, its
+    max-pool's kernel size; ``Bottleneck`` / ``PSABlock``: ``add``; ``Attention``:
+    ``num_heads``, ``key_dim``, ``head_dim``; ``Detect``: ``nc``, ``reg_max``, and ``legacy`` /
+    ``end2end`` where the file has them; ``C3k2`` / ``C2PSA``: ``c`` (hidden width). The children
+    of ``C3k2.m`` (``C3k`` or ``Bottleneck``) give its c3k flag and repeat count.
+    """
+    out: dict[str, dict] = {}
+
+    def walk(module: PickledObject, prefix: str) -> None:
+        for name, child in (module.get("_modules") or {}).items():
+            if not isinstance(child, PickledObject):
+                continue
+            path = f"{prefix}{name}"
+            if child.class_path.startswith("ultralytics.nn.modules."):
+                rec: dict[str, Any] = {"class": child.class_name}
+                for attr in _RECORD_ATTRS.get(child.class_name, ()):
+                    if attr in child.state:
+                        rec[attr] = child.state[attr]
+                children = child.get("_modules") or {}
+                if child.class_name in ("Conv", "DWConv"):
+                    act = children.get("act")
+                    rec["act"] = act.class_name if isinstance(act, PickledObject) else repr(act)
+                if child.class_name == "SPPF" and isinstance(children.get("m"), PickledObject):
+                    k = children["m"].get("kernel_size")
+                    rec["k"] = k[0] if isinstance(k, tuple) and len(set(k)) == 1 else k
+                out[path] = rec
+            walk(child, path + ".")
+
+    walk(model, "")
+    return out
+
+
+def _variant_from_records(records: dict[str, dict], path: str) -> tuple[dict, int]:
+    """The YOLO11 variant (``yolo11.Variant`` fields) and reg_max the records describe."""
+    sppf = records.get("model.9")
+    if sppf is None or sppf["class"] != "SPPF":
+        raise UltralyticsCheckpointError(f"{path}: layer model.9 is {sppf and sppf['class']}, not YOLO11's SPPF")
+    act = records.get("model.9.cv1", {}).get("act")
+    if act not in ("SiLU", "Identity"):
+        raise UltralyticsCheckpointError(f"{path}: record model.9.cv1.act is {act}; this network has a SiLU or no "
+                                         f"activation (Identity) there")
+    n, add = sppf.get("n", 3), sppf.get("add", False)
+    if not (_is_int(n) and n >= 1) or not isinstance(add, bool):
+        raise UltralyticsCheckpointError(f"{path}: record model.9 (SPPF) has n={n!r}, add={add!r}")
+    if sppf.get("k", 5) != 5:
+        raise UltralyticsCheckpointError(f"{path}: record model.9.m (SPPF max-pool) has kernel_size {sppf.get('k')}; "
+                                         f"YOLO11 pools with 5")
+    detect = records.get("model.23")
+    if detect is None or detect["class"] != "Detect":
+        raise UltralyticsCheckpointError(f"{path}: layer model.23 is {detect and detect['class']}, not a Detect head")
+    reg_max = detect.get("reg_max", 16)
+    if not (_is_int(reg_max) and reg_max >= 2):
+        raise UltralyticsCheckpointError(f"{path}: record model.23.reg_max is {reg_max!r}; this network needs "
+                                         f"reg_max >= 2 (DFL)")
+    return {"sppf_act": act == "SiLU", "sppf_n": n, "sppf_shortcut": add}, reg_max
+
+
+def _train_imgsz(ckpt: dict, model: PickledObject) -> int | list | None:
+    """The training image size (``train_args.imgsz``, else the model's ``args.imgsz``), or None."""
+    for holder in (ckpt.get("train_args"), model.get("args")):
+        if isinstance(holder, PickledObject):
+            holder = holder.state
+        if isinstance(holder, dict) and holder.get("imgsz") is not None:
+            v = holder["imgsz"]
+            if _is_int(v) or (isinstance(v, (list, tuple)) and all(_is_int(x) for x in v)):
+                return v if _is_int(v) else list(v)
+    return None
 
 
 def _layer(model: PickledObject, index: int) -> PickledObject | None:

@@ -9,7 +9,8 @@ the C3k2 data flow, upsampling, the DFL decoding) are the notebook network's, fr
 ``model.py``; this file adds what YOLO11 has and the notebook does not: ``C3k``, the
 convolutional ``Attention`` / ``PSABlock`` / ``C2PSA`` and the ``Detect`` head.
 
-Architecture facts (Ultralytics 8.3 and 8.4 build the same network):
+Architecture facts (Ultralytics 8.2, 8.3 and 8.4.190+ build the same network; see
+``Variant`` for the one place some 8.4 releases differ):
 
 * Scaling ``(depth, width, max_channels)``: n (0.50, 0.25, 1024), s (0.50, 0.50, 1024),
   m (0.50, 1.00, 512), l (1.00, 1.00, 512), x (1.00, 1.50, 512). A layer's channels are
@@ -39,6 +40,8 @@ bias 0, and ``Detect.bias_init`` (see ``BOX_BIAS_INIT`` and ``class_bias_init``)
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import jax
@@ -47,7 +50,6 @@ import numpy as np
 from flax import nnx
 
 from yolo11_jax.model import (
-    SPPF,
     BatchNorm,
     Bottleneck,
     ConvBNSiLU,
@@ -57,6 +59,7 @@ from yolo11_jax.model import (
     check_nhwc_images,
     conv_general_dilated,
     dfl_expectation,
+    max_pool_same,
     set_compute_dtype,
     split_chain,
     upsample2x,
@@ -111,6 +114,65 @@ LAYERS: tuple[tuple[int | tuple[int, ...], int, str, tuple], ...] = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """The architecture choices in which Ultralytics releases differ for the same YOLO11 yaml.
+
+    ``sppf_act``: whether SPPF's first convolution (``model.9.cv1``) has its SiLU. Ultralytics
+    8.2, 8.3 and 8.4.190+ build it with SiLU (the released ``yolo11*.pt`` weights); for a while
+    in the 8.4 series (seen in files written by 8.4.30 to 8.4.60) Ultralytics built SPPF with
+    ``Conv(..., act=False)`` for cv1, which its files record as an ``Identity`` activation.
+    ``sppf_n``: max-pool iterations (``cv2`` then takes ``(n + 1) * c_hidden`` channels).
+    ``sppf_shortcut``: add SPPF's input to its output (8.4's ``SPPF.add``; only when
+    ``c_in == c_out``, as there).
+
+    The default, ``Variant()``, is the released weights' architecture and what ``--model
+    yolo11n`` builds from scratch. A checkpoint's variant is read from the file
+    (``ultralytics_pt.read_ultralytics``), stored with converted and trained weights
+    (``to_json``; the ``.safetensors`` metadata key ``yolo11_variant``) and read back
+    (``from_json``), so reloading builds the same network.
+    """
+
+    sppf_act: bool = True
+    sppf_n: int = 3
+    sppf_shortcut: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.sppf_n, int) and self.sppf_n >= 1):
+            raise ValueError(f"sppf_n must be a positive int; got {self.sppf_n!r}")
+
+    @property
+    def name(self) -> str:
+        """'yolo11' for the default, else the differences, e.g. 'yolo11[sppf_act=False]'."""
+        diff = {k: v for k, v in dataclasses.asdict(self).items() if v != getattr(DEFAULT_VARIANT, k)}
+        return "yolo11" if not diff else "yolo11[" + ",".join(f"{k}={v}" for k, v in diff.items()) + "]"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | dict | None) -> "Variant":
+        """Parse ``to_json``'s text (or its dict). ``None`` gives the default. Raises
+        ``ValueError`` naming an unknown or malformed field."""
+        if text is None:
+            return cls()
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"YOLO11 variant: expected a JSON object, got {text!r}")
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"YOLO11 variant: unknown field(s) {unknown}; known: {sorted(fields)}")
+        for k, v in data.items():
+            want = bool if k != "sppf_n" else int
+            if type(v) is not want:
+                raise ValueError(f"YOLO11 variant: {k} must be a {want.__name__}; got {v!r}")
+        return cls(**data)
+
+
+DEFAULT_VARIANT = Variant()
+
+
 def make_divisible(x: float, divisor: int = 8) -> int:
     """The smallest multiple of ``divisor`` that is >= x."""
     return int(math.ceil(x / divisor) * divisor)
@@ -126,6 +188,28 @@ def _conv1x1_with_bias(c_in: int, c_out: int, rngs: nnx.Rngs) -> nnx.Conv:
     """``nn.Conv2d(c_in, c_out, 1)`` with PyTorch's default init."""
     return nnx.Conv(c_in, c_out, (1, 1), kernel_init=_torch_kernel_init, bias_init=_torch_bias_init(c_in),
                     conv_general_dilated=conv_general_dilated, rngs=rngs)
+
+
+class SPPF(nnx.Module):
+    """Spatial pyramid pooling, fast: ``y0 = cv1(x)``, ``y_i = maxpool_k(y_{i-1})`` for i = 1..n,
+    ``cv2(concat(y_0..y_n))``, plus x when ``shortcut`` (and c_in == c_out). ``act`` is cv1's
+    SiLU (see ``Variant``). x (B, H, W, c_in) -> (B, H, W, c_out)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int = 5, n: int = 3, shortcut: bool = False, act: bool = True,
+                 *, rngs: nnx.Rngs):
+        c_hid = c_in // 2
+        self.cv1 = ConvBNSiLU(c_in, c_hid, 1, act=act, rngs=rngs)
+        self.cv2 = ConvBNSiLU(c_hid * (n + 1), c_out, 1, rngs=rngs)
+        self.k = k
+        self.n = n
+        self.add = bool(shortcut and c_in == c_out)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        ys = [self.cv1(x)]
+        for _ in range(self.n):
+            ys.append(max_pool_same(ys[-1], self.k))
+        y = self.cv2(jnp.concatenate(ys, axis=-1))
+        return y + x if self.add else y
 
 
 class C3k(nnx.Module):
@@ -326,6 +410,7 @@ class YOLO11(nnx.Module):
       num_classes: number of classes C (80 for the released COCO weights).
       reg_max: DFL bins per box side (16).
       in_channels: image channels (3).
+      variant: the ``Variant`` (default: the released weights' architecture).
       dtype: compute dtype of the convolutions (``None``: the inputs' dtype, i.e. float32);
         ``jnp.bfloat16`` is mixed precision, see ``model.set_compute_dtype``.
       rngs: parameter initialisation keys.
@@ -339,7 +424,7 @@ class YOLO11(nnx.Module):
     """
 
     def __init__(self, scale: str = "n", num_classes: int = 80, reg_max: int = 16, *, in_channels: int = 3,
-                 dtype=None, rngs: nnx.Rngs):
+                 variant: Variant = DEFAULT_VARIANT, dtype=None, rngs: nnx.Rngs):
         if scale not in SCALES:
             raise ValueError(f"unknown YOLO11 scale {scale!r}; choose one of {sorted(SCALES)}")
         if num_classes < 1:
@@ -348,7 +433,10 @@ class YOLO11(nnx.Module):
         self.num_classes = num_classes
         self.reg_max = reg_max
         self.in_channels = in_channels
-        layers, sources = _build_layers(scale, num_classes, reg_max, in_channels, rngs)
+        if not isinstance(variant, Variant):
+            raise TypeError(f"variant must be a yolo11.Variant; got {type(variant).__name__}")
+        self.variant = variant
+        layers, sources = _build_layers(scale, num_classes, reg_max, in_channels, variant, rngs)
         self.model = nnx.List(layers)
         self.sources = sources
         for _, module in nnx.iter_modules(self):
@@ -383,7 +471,8 @@ class YOLO11(nnx.Module):
         return x
 
 
-def _build_layers(scale: str, num_classes: int, reg_max: int, in_channels: int, rngs: nnx.Rngs):
+def _build_layers(scale: str, num_classes: int, reg_max: int, in_channels: int, variant: Variant,
+                  rngs: nnx.Rngs):
     """The 24 layers of ``LAYERS`` at one scale, and each layer's sources (-1 or a tuple)."""
     depth, width, max_channels = SCALES[scale]
     widths: list[int] = []  # output channels of each layer
@@ -400,7 +489,7 @@ def _build_layers(scale: str, num_classes: int, reg_max: int, in_channels: int, 
             e = args[2] if len(args) > 2 else 0.5
             layer = C3k2(c_in, c_out, n, c3k, e, rngs=rngs)
         elif kind == "SPPF":
-            layer = SPPF(c_in, c_out, args[1], rngs=rngs)
+            layer = SPPF(c_in, c_out, args[1], variant.sppf_n, variant.sppf_shortcut, variant.sppf_act, rngs=rngs)
         elif kind == "C2PSA":
             layer = C2PSA(c_in, c_out, n, rngs=rngs)
         elif kind == "Upsample":

@@ -1,0 +1,205 @@
+"""Real Ultralytics checkpoints, as users have them (``tests/real_files.py``: files shipped inside
+other projects' wheels, pinned by sha256, never committed, read only by the restricted reader).
+
+* Every YOLO11 detector in the set imports, and its raw outputs on a photo equal those of the
+  PyTorch reference built with the architecture variant the file records and loaded with the
+  file's own tensors: ``rel_err <= 1e-4`` per level and output (``tests.helpers.rel_err``:
+  ``max|a - b| / max(1, max|b|)``, float32 on both sides).
+* The reference built with the other SPPF variant misses by far more (> 1e-2): the parity test
+  can tell the variants apart.
+* The pickle names exactly the globals pinned here (the restricted reader's list was built from
+  them), and files of other kinds are refused with a message naming the kind.
+* A converted ``.safetensors`` carries the variant: reloading it builds the same network.
+
+Without the files these tests skip, saying how to fetch them (``python -m tests.real_files
+fetch``); under ``CI=true`` they fail instead.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reference_torch.yolo11 import YOLO11 as RefYOLO11
+from tests import real_files
+from tests.helpers import nchw, rel_err
+from tests.real_files import real_file
+from yolo11_jax import convert, inference
+from yolo11_jax.ultralytics_pt import (ALLOWED_GLOBALS, UltralyticsCheckpointError, load_pickle, pickle_globals,
+                                       read_ultralytics)
+from yolo11_jax.yolo11 import DEFAULT_VARIANT, Variant
+
+TOLERANCE = 1e-4  # rel_err of every raw output (class logits, DFL logits) per level
+WRONG_VARIANT_MIN_ERROR = 1e-2
+
+# What each detector records (read once with the restricted reader; the files are pinned by
+# sha256, so these are facts of the files): writer version, scale, classes, train imgsz, SPPF.cv1 act.
+EXPECTED = {
+    "yolo11n_official": dict(version="8.2.100", scale="n", nc=80, imgsz=640, sppf_act=True),
+    "yolo11n_8.3_emotions": dict(version="8.3.86", scale="n", nc=8, imgsz=320, sppf_act=True),
+    "yolo11n_8.4_irball": dict(version="8.4.60", scale="n", nc=1, imgsz=512, sppf_act=False),
+    "yolo11s_8.4_uitag": dict(version="8.4.30", scale="s", nc=9, imgsz=640, sppf_act=False),
+}
+
+# The pickle globals of every YOLO11 detector in the set (all four name the same ones).
+DETECTOR_GLOBALS = {
+    ("__builtin__", "set"), ("collections", "OrderedDict"), ("torch", "Size"),
+    ("torch", "FloatStorage"), ("torch", "HalfStorage"), ("torch", "LongStorage"),
+    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+    *(("torch.nn.modules." + m, n) for m, n in [
+        ("activation", "SiLU"), ("batchnorm", "BatchNorm2d"), ("container", "ModuleList"),
+        ("container", "Sequential"), ("conv", "Conv2d"), ("linear", "Identity"), ("pooling", "MaxPool2d"),
+        ("upsampling", "Upsample")]),
+    ("ultralytics.nn.tasks", "DetectionModel"), ("ultralytics.nn.modules.head", "Detect"),
+    *(("ultralytics.nn.modules.conv", n) for n in ["Conv", "DWConv", "Concat"]),
+    *(("ultralytics.nn.modules.block", n) for n in
+      ["C3k2", "C3k", "Bottleneck", "SPPF", "C2PSA", "PSABlock", "Attention", "DFL"]),
+}
+
+IMAGE_HW = (256, 320)  # network input for the parity tests: small and not square
+
+
+def photo(hw=IMAGE_HW) -> np.ndarray:
+    """(1, H, W, 3) float32 in [0, 1]: the first real photo of ``real_files.PHOTOS`` resized to
+    ``hw``, or, while the set has none, a deterministic synthetic scene (smooth gradients,
+    rectangles and noise: nothing constant, so every layer is exercised)."""
+    h, w = hw
+    if real_files.PHOTOS:
+        import cv2
+
+        bgr = cv2.imread(str(real_file(real_files.PHOTOS[0].name)), cv2.IMREAD_COLOR)
+        assert bgr is not None
+        rgb = cv2.cvtColor(cv2.resize(bgr, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        return (rgb.astype(np.float32) / 255.0)[None]
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(xx / 9.0) * np.cos(yy / 13.0)], -1)
+    for _ in range(12):
+        y0, x0 = rng.integers(0, h - 20), rng.integers(0, w - 20)
+        img[y0:y0 + rng.integers(10, h // 2), x0:x0 + rng.integers(10, w // 2)] = rng.uniform(0, 1, 3)
+    img += rng.normal(0, 0.03, img.shape)
+    return np.clip(img, 0, 1).astype(np.float32)[None]
+
+
+def reference_from_file(path, variant: Variant):
+    """The torch reference with ``variant``, holding the file's tensors (strict load), in eval mode."""
+    state_dict, info = read_ultralytics(path)
+    ref = RefYOLO11(info["scale"], info["num_classes"], info["reg_max"], sppf_act=variant.sppf_act,
+                    sppf_n=variant.sppf_n, sppf_shortcut=variant.sppf_shortcut)
+    ref.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, strict=True)
+    return ref.eval()
+
+
+def raw_errors(model, ref, images) -> list[float]:
+    """rel_err of (class logits, box DFL logits) at each level: JAX model vs torch reference."""
+    ours = model(images)
+    with torch.no_grad():
+        theirs = ref(nchw(images))
+    errs = []
+    for (cls_j, _, raw_j), (cls_t, _, raw_t) in zip(ours, theirs):
+        errs.append(rel_err(np.asarray(cls_j), cls_t.permute(0, 2, 3, 1).numpy()))
+        errs.append(rel_err(np.asarray(raw_j), raw_t.permute(0, 2, 3, 1).numpy()))
+    return errs
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    """{name: (model, info)} of the detectors, loaded once per module."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = convert.load_ultralytics(real_file(name))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", real_files.DETECTORS)
+def test_detector_records_are_read(name, loaded):
+    model, info = loaded(name)
+    exp = EXPECTED[name]
+    assert (info["ultralytics_version"], info["scale"], info["num_classes"], info["imgsz"]) == \
+        (exp["version"], exp["scale"], exp["nc"], exp["imgsz"])
+    assert model.variant == Variant(sppf_act=exp["sppf_act"])
+    assert model.model[9].cv1.act is exp["sppf_act"]
+    assert len(info["class_names"]) == exp["nc"] and info["reg_max"] == 16
+
+
+@pytest.mark.parametrize("name", real_files.DETECTORS)
+def test_detector_matches_the_reference_built_with_the_recorded_variant(name, loaded):
+    model, info = loaded(name)
+    ref = reference_from_file(real_file(name), model.variant)
+    errs = raw_errors(model, ref, photo())
+    assert max(errs) <= TOLERANCE, errs
+
+
+@pytest.mark.parametrize("name", ["yolo11n_official", "yolo11n_8.4_irball"])
+def test_the_other_sppf_variant_gives_a_large_error(name, loaded):
+    """The parity test can fail: the same tensors in the reference with SPPF.cv1's activation
+    flipped differ by far more than the tolerance."""
+    model, _ = loaded(name)
+    wrong = Variant(sppf_act=not model.variant.sppf_act)
+    errs = raw_errors(model, reference_from_file(real_file(name), wrong), photo())
+    assert max(errs) > WRONG_VARIANT_MIN_ERROR, errs
+
+
+@pytest.mark.parametrize("name", real_files.DETECTORS)
+def test_pickle_names_exactly_the_pinned_globals(name):
+    import zipfile
+
+    with zipfile.ZipFile(real_file(name)) as zf:
+        data = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+    names = set(pickle_globals(data))
+    assert names == DETECTOR_GLOBALS
+    assert names <= set(ALLOWED_GLOBALS)
+    _, classes = load_pickle(real_file(name))  # the unpickler resolves what the scan found, no more
+    assert classes == {f"{m}.{n}" for m, n in names}
+
+
+@pytest.mark.parametrize("name", sorted(real_files.REFUSED))
+def test_other_model_kinds_are_refused_naming_the_kind(name):
+    with pytest.raises(UltralyticsCheckpointError) as e:
+        convert.load_ultralytics(real_file(name))
+    message = str(e.value)
+    assert real_files.REFUSED[name] in message, message
+    assert "only Ultralytics YOLO11 detection checkpoints" in message
+
+
+def test_a_record_the_network_cannot_represent_is_refused_naming_it(loaded):
+    model, info = loaded("yolo11n_8.4_irball")
+    records = json.loads(json.dumps(info["architecture"]))
+    convert.check_architecture(model, records)  # as read: fits
+    records["model.9.cv1"]["act"] = "SiLU"  # the file would say SiLU where this network has none
+    records["model.10.m.0.attn"]["num_heads"] = 4
+    records["model.6.m.0"]["class"] = "Bottleneck"  # a C3k2 without its C3k
+    with pytest.raises(UltralyticsCheckpointError) as e:
+        convert.check_architecture(model, records, "f.pt")
+    message = str(e.value)
+    for record in ("model.9.cv1.act is SiLU", "model.10.m.0.attn.num_heads is 4", "record model.6.m.0 is a Bottleneck"):
+        assert record in message, message
+    assert "(3 problems)" in message
+
+
+def test_converted_file_carries_the_variant(tmp_path, loaded):
+    """convert writes the variant into the .safetensors metadata; reloading it (inference's
+    loader, the fine-tuning builder) builds the same network, with the same outputs."""
+    src = real_file("yolo11n_8.4_irball")
+    out = tmp_path / "irball.safetensors"
+    assert convert.main([str(src), "--out", str(out)]) == 0
+    variant, where = convert.weights_variant(out)
+    assert variant == Variant(sppf_act=False) and "metadata" in where
+    reloaded = inference.load_model(weights=out)
+    assert reloaded.model.variant == variant
+    assert reloaded.config["origin"] == "ultralytics" and reloaded.config["imgsz"] == 512
+    model, _ = loaded("yolo11n_8.4_irball")
+    reloaded.model.eval()
+    images = photo((128, 160))
+    for a, b in zip(model(images), reloaded.model(images)):
+        np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    built, note = convert.build_for_init_weights("yolo11n", out, num_classes=3, rngs=__import__("flax").nnx.Rngs(0))
+    assert built.variant == variant and "sppf_act=False" in note
+    built, note = convert.build_for_init_weights("yolo11n", real_file("yolo11n_official"), num_classes=3,
+                                                 rngs=__import__("flax").nnx.Rngs(0))
+    assert built.variant == DEFAULT_VARIANT and note is None
