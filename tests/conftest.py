@@ -1,11 +1,17 @@
 """Test configuration and fixtures. Parity tests run in float32 on the CPU; shared helpers are in
 ``tests/helpers.py``."""
 
+import os
+
 import jax
 import pytest
 import torch
 
 from tests.helpers import XLA_CACHE_DIR
+
+# Training runs (train_config's --compile-cache-dir default) use the same cache as the session,
+# not the user's cache directory; subprocesses inherit it.
+os.environ.setdefault("YOLO11_JAX_COMPILE_CACHE", XLA_CACHE_DIR)
 
 jax.config.update("jax_default_matmul_precision", "highest")
 # Several tests compile the same programs again (each train() run builds its own jitted

@@ -116,7 +116,7 @@ def test_a_finished_run_directory_is_not_overwritten(tmp_path):
     with pytest.raises(ValueError, match=r"already holds a run with checkpoints: continue it with --resume"):
         train(smoke_config(tmp_path, "run", epochs=1, lr=5e-4), progress=False)
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == TrainConfig.lr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == named_config("smoke").lr == 1e-3
 
 
 def test_cli_resume_normalises_overrides_and_rewrites_the_interrupted_epoch(tmp_path):
@@ -171,7 +171,7 @@ def step_rows(run_dir, kind="interval"):
 def test_resume_inside_an_epoch_continues_with_the_next_batch(tmp_path):
     """Stopped after step 11 (inside epoch 2, a checkpoint by --checkpoint-every), the resumed
     run's losses equal an uninterrupted run's, step for step, bit for bit on the CPU."""
-    kw = dict(epochs=2, log_every=1, checkpoint_every=11)
+    kw = dict(epochs=2, log_every=1, checkpoint_every_steps=11)
     train(smoke_config(tmp_path, "full", **kw), progress=False)
     train(smoke_config(tmp_path, "part", **kw), progress=False, stop_after_steps=11)
     assert json.loads((tmp_path / "part" / "checkpoints" / "11" / "meta" / "metadata").read_text())["step"] == 11
@@ -188,7 +188,7 @@ def test_length_evaluation_and_checkpoints_count_steps(tmp_path):
     """--steps sets the length (here 1.5 epochs); evaluation and checkpoints every N steps, plus
     the last step."""
     cfg = smoke_config(tmp_path, "steps", steps=12, eval_every_steps=5, val_split="validation",
-                       checkpoint_every=4, checkpoint_every_epochs=0, keep_checkpoints=10)
+                       checkpoint_every_steps=4, checkpoint_every_epochs=0, keep_checkpoints=10)
     out = train(cfg, progress=False)
     assert out["steps"] == 12
     assert [e["step"] for e in out["evals"]] == [5, 10, 12]
@@ -221,15 +221,16 @@ def test_deprecated_spellings_still_work(tmp_path, capsys):
 
 def test_options_come_from_one_declaration():
     """Every TrainConfig field with a command-line flag is an argparse option whose default is
-    None (only given options override) and whose help names the cpu config's default; the
+    None (only given options override) and whose help names the cpu config's value; the
     checks of the declaration reject bad values."""
-    from yolo11_jax import config as C
+    from yolo11_jax import options as C
 
     ap = build_parser()
     actions = {a.dest: a for a in ap._actions}
+    cpu = named_config("cpu")
     for f in C.cli_fields(TrainConfig):
         assert f.name in actions and actions[f.name].default is None, f.name
-        assert f"(cpu config: {getattr(TrainConfig(), f.name)})" in actions[f.name].help, f.name
+        assert f"(cpu config: {getattr(cpu, f.name)})" in actions[f.name].help, f.name
     problems = C.validate(TrainConfig(img_size=100, model="huge", topk=0))
     assert problems == ["--model must be one of " + ", ".join(TrainConfig.__dataclass_fields__["model"]
                                                               .metadata["choices"]) + ", got 'huge'",
@@ -289,7 +290,7 @@ def test_the_ema_is_evaluated_and_exported_and_resumes_exactly(tmp_path, monkeyp
 
     monkeypatch.setattr(train_mod, "save_checkpoint", spy_save)
     monkeypatch.setattr(convert, "save_safetensors", spy_export)
-    kw = dict(recipe="ultralytics", epochs=2, log_every=2, checkpoint_every=5)
+    kw = dict(recipe="ultralytics", epochs=2, log_every=2, checkpoint_every_steps=5)
     train(smoke_config(tmp_path, "full", **kw), progress=False)
     params, rest, (ema_params, ema_rest) = saved[16]
     graphdef = nnx.graphdef(__import__("yolo11_jax.presets", fromlist=["x"]).build_model(

@@ -44,11 +44,10 @@ import jax
 import jax.numpy as jnp
 
 from yolo11_jax.assign import Assignment, power
+from yolo11_jax.loss_common import SAFE_BOX
 
 # Ultralytics' select_candidates_in_gts margin (its own default, not the assigner's eps).
 CANDIDATE_EPS = 1e-9
-# Harmless box substituted for masked rows before CIoU ("double where"): no NaN/inf can arise there.
-SAFE_BOX = (0.0, 0.0, 1.0, 1.0)
 
 
 def _clamp_min0(x: jax.Array) -> jax.Array:

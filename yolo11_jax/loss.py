@@ -1,7 +1,8 @@
 """The notebook's composite detection loss: BCE (soft TAL targets) + CIoU + DFL.
 
-``detection_loss(..., recipe="ultralytics")`` dispatches to Ultralytics' loss instead
-(``loss_ultralytics``); ``recipe="notebook"``, the default, is what this docstring describes.
+``notebook_detection_loss`` is the notebook's loss; ``detection_loss(..., recipe=...)`` chooses
+between it (the default) and Ultralytics' (``loss_ultralytics``) for callers that name a loss by
+string. This docstring describes the notebook's.
 
 ``detection_loss`` is a pure function of the network output and a padded batch
 of targets; it jit-compiles and makes no host sync. Semantics are the notebook's
@@ -29,31 +30,22 @@ then come out in float64 too.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from yolo11_jax.anchors import STRIDES, cxcywh_to_xyxy, decode_ltrb, flatten_levels, make_anchor_points
-from yolo11_jax.assign import Assignment, task_aligned_assign
+from yolo11_jax.assign import task_aligned_assign
 from yolo11_jax.iou import bbox_iou_elementwise
+from yolo11_jax.loss_common import SAFE_BOX, Assigner, bce_with_logits
 from yolo11_jax.loss_ultralytics import ultralytics_detection_loss
 
+# The losses ``detection_loss(recipe=...)`` dispatches to (the recipes in ``yolo11_jax.recipes``
+# call their loss functions directly).
 RECIPES = ("notebook", "ultralytics")
 NOTEBOOK_TOPK = 13     # the notebook's TaskAlignedAssigner() defaults
 NOTEBOOK_ALPHA = 1.0
-
-# A harmless box substituted for background rows before CIoU, so that no
-# inf/NaN can arise in a branch that is masked out afterwards ("double where").
-_SAFE_BOX = (0.0, 0.0, 1.0, 1.0)
-
-# assigner(pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes, gt_mask, *, topk, alpha, beta, eps)
-Assigner = Callable[..., Assignment]
-
-
-def _bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    # torch: (1 - t) * x - log_sigmoid(x), elementwise.
-    return (1.0 - targets) * logits - jax.nn.log_sigmoid(logits)
 
 
 def detection_loss(
@@ -120,6 +112,33 @@ def detection_loss(
             dfl_weight=dfl_weight, beta=beta, eps=eps, **options)
     if recipe != "notebook":
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
+    return notebook_detection_loss(predictions, gt_boxes, gt_labels, gt_mask, img_size=img_size,
+                                   num_classes=num_classes, reg_max=reg_max, strides=strides, cls_weight=cls_weight,
+                                   box_weight=box_weight, dfl_weight=dfl_weight, topk=topk, alpha=alpha, beta=beta,
+                                   eps=eps, assigner=assigner)
+
+
+def notebook_detection_loss(
+    predictions: Sequence[tuple[jax.Array, jax.Array, jax.Array]],
+    gt_boxes: jax.Array,
+    gt_labels: jax.Array,
+    gt_mask: jax.Array,
+    *,
+    img_size: int | tuple[int, int] = 640,
+    num_classes: int | None = None,
+    reg_max: int = 16,
+    strides: Sequence[int] = STRIDES,
+    cls_weight: float = 0.5,
+    box_weight: float = 7.5,
+    dfl_weight: float = 1.5,
+    topk: int | None = None,
+    alpha: float | None = None,
+    beta: float = 6.0,
+    eps: float = 1e-9,
+    assigner: Assigner | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The notebook's loss (the module docstring); arguments and result as :func:`detection_loss`
+    with ``recipe="notebook"``. The notebook recipe (``recipes/notebook.py``) calls this directly."""
     topk = NOTEBOOK_TOPK if topk is None else topk
     alpha = NOTEBOOK_ALPHA if alpha is None else alpha
     assigner = task_aligned_assign if assigner is None else assigner
@@ -154,11 +173,11 @@ def detection_loss(
     denom = jnp.maximum(num_pos, 1).astype(dtype)
 
     # Classification: sum over every anchor and class (per image first, then batch).
-    cls_sum = jnp.sum(jnp.sum(_bce_with_logits(cls_logits, target_scores), axis=(1, 2)))
+    cls_sum = jnp.sum(jnp.sum(bce_with_logits(cls_logits, target_scores), axis=(1, 2)))
 
     # Box: 1 - CIoU over the foreground, with safe boxes on background rows.
     fg4 = fg[:, :, None]
-    safe_box = jnp.asarray(_SAFE_BOX, dtype)
+    safe_box = jnp.asarray(SAFE_BOX, dtype)
     ciou = bbox_iou_elementwise(jnp.where(fg4, pred_bboxes, safe_box),
                                 jnp.where(fg4, target_bboxes, safe_box), mode="ciou")
     box_sum = jnp.sum(jnp.where(fg, 1.0 - ciou, 0.0))

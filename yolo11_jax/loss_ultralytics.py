@@ -40,18 +40,10 @@ import jax
 import jax.numpy as jnp
 
 from yolo11_jax.anchors import STRIDES, flatten_levels, make_anchor_points
-from yolo11_jax.assign import Assignment
-from yolo11_jax.assign_ultralytics import SAFE_BOX, ultralytics_assign, ultralytics_ciou
-
-# assigner(pred_scores, pred_bboxes, anchor_points, gt_labels, gt_bboxes, gt_mask, *, topk, alpha, beta, eps)
-Assigner = Callable[..., Assignment]
+from yolo11_jax.assign_ultralytics import ultralytics_assign, ultralytics_ciou
+from yolo11_jax.loss_common import SAFE_BOX, Assigner, bce_with_logits
 
 _DEFAULT_MIN_BOX_SIZE = 16.0  # ultralytics_assign's default: the middle of the strides (8, 16, 32)
-
-
-def _bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    # torch.nn.BCEWithLogitsLoss(reduction="none"): (1 - t) * x - log_sigmoid(x).
-    return (1.0 - targets) * logits - jax.nn.log_sigmoid(logits)
 
 
 def scale_targets(gt_boxes_cxcywh: jax.Array, img_hw: tuple[int, int]) -> jax.Array:
@@ -157,7 +149,7 @@ def ultralytics_detection_loss(
     target_scores_sum = jnp.maximum(jnp.sum(target_scores), 1.0)
 
     # Classification: BCE over every anchor and class.
-    cls_sum = jnp.sum(_bce_with_logits(cls_logits, target_scores))
+    cls_sum = jnp.sum(bce_with_logits(cls_logits, target_scores))
 
     # Box: (1 - CIoU(pred, target)) in grid units, weighted; harmless boxes on background rows.
     weight = jnp.sum(target_scores, axis=-1)                                  # (B, A)

@@ -5,15 +5,14 @@ The model is split once with ``nnx.split(model, nnx.Param, ...)`` into a static
 Everything here takes and returns those pytrees, so it jit-compiles once and
 donates its buffers (the functional pattern of Flax's performance guide).
 
-Two recipes share the step (``make_train_step(recipe=...)``):
-
-* ``"notebook"`` (default): the notebook's loss and ``optim.make_optimizer``; one optimizer
-  update per call.
-* ``"ultralytics"``: Ultralytics' loss (``loss_ultralytics``) multiplied by the global batch
-  size, ``optim.ultralytics_recipe``'s optimizer (gradient accumulation with ``optax.MultiSteps``,
-  per-group learning rates and SGD momentum set every iteration from the iteration number), and
-  the EMA of ``ema`` updated after each real optimizer step. One call is one Ultralytics
-  iteration (one batch); ``TrainState.step`` counts iterations.
+The step knows no recipe: it takes a loss function (``make_train_step(loss=...)``, built by a
+recipe, ``yolo11_jax.recipes``), an Optax ``tx`` and the optional parts a recipe's optimizer
+brings (``lr_fn`` or ``hyperparams_fn``, ``torch_compat``, ``loss_scale``), and updates the EMA
+whenever the state carries one. For example, Ultralytics' recipe gives its loss, a ``tx`` that
+accumulates gradients with ``optax.MultiSteps``, per-group learning rates set every iteration
+from the iteration number, and the loss scaled by the global batch size; one call is one batch
+and ``TrainState.step`` counts batches. (``recipe="notebook"`` / ``"ultralytics"`` with loss
+keyword arguments is the older spelling, ``loss.detection_loss(recipe=...)``.)
 """
 
 from __future__ import annotations
@@ -69,21 +68,27 @@ def prepare_images(images: jax.Array) -> jax.Array:
     return images
 
 
-def make_loss_fn(graphdef, *, loss_scale: float | str | None = None, **loss_kwargs) -> Callable:
+def make_loss_fn(graphdef, *, loss: Callable | None = None, loss_scale: float | str | None = None,
+                 **loss_kwargs) -> Callable:
     """``loss_fn(params, rest, batch) -> (scaled total, (parts, new_rest))`` in train mode.
 
-    ``new_rest`` holds the BatchNorm statistics after this forward pass. ``loss_kwargs`` go to
-    ``loss.detection_loss`` (``recipe``, ``img_size``, ...). ``loss_scale`` multiplies the total
-    that is differentiated (``parts`` stay unscaled): ``None`` none, a number, or ``"batch"``
-    for the batch size (the global one under a mesh: the traced batch is global).
+    ``new_rest`` holds the BatchNorm statistics after this forward pass. ``loss(predictions,
+    boxes_cxcywh, labels, mask) -> (total, parts)`` is the loss (a recipe's,
+    ``recipes.LossFn``); without it, ``loss.detection_loss`` with ``loss_kwargs`` (``recipe``,
+    ``img_size``, ...). ``loss_scale`` multiplies the total that is differentiated (``parts`` stay
+    unscaled): ``None`` none, a number, or ``"batch"`` for the batch size (the global one under a
+    mesh: the traced batch is global).
     """
+    if loss is None:
+        loss = functools.partial(detection_loss, **loss_kwargs)
+    elif loss_kwargs:
+        raise ValueError(f"loss= is a complete loss function; got loss options too: {sorted(loss_kwargs)}")
 
     def loss_fn(params, rest, batch: Batch):
         model = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables at this trace level
         images = prepare_images(batch["images"])
         predictions = model(images)
-        total, parts = detection_loss(predictions, batch["boxes_cxcywh"], batch["labels"], batch["mask"],
-                                      **loss_kwargs)
+        total, parts = loss(predictions, batch["boxes_cxcywh"], batch["labels"], batch["mask"])
         if loss_scale == "batch":
             total = total * images.shape[0]
         elif loss_scale is not None:
@@ -97,15 +102,18 @@ def global_norm(tree) -> jax.Array:
     return optax.tree.norm(tree)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, *, lr_fn: Callable | None = None,
-                    hyperparams_fn: Callable | None = None, mesh: jax.sharding.Mesh | None = None,
-                    torch_compat: bool = False, recipe: str = "notebook", loss_scale: float | str | None = None,
-                    **loss_kwargs) -> Callable:
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, loss: Callable | None = None,
+                    lr_fn: Callable | None = None, hyperparams_fn: Callable | None = None,
+                    mesh: jax.sharding.Mesh | None = None, torch_compat: bool = False, recipe: str | None = None,
+                    loss_scale: float | str | None = None, **loss_kwargs) -> Callable:
     """A jitted ``train_step(state, batch) -> (state, metrics)`` that donates ``state``.
 
-    ``loss_kwargs`` go to ``loss.detection_loss`` (``img_size``, the weights, ``assigner``, ...),
-    with ``recipe``. ``batch["images"]`` may be uint8 (converted to float32 / 255 inside the
-    step) or float32 in [0, 1].
+    ``loss``: the loss function (``recipes.LossFn``, e.g. ``recipes.get_loss(name).build(cfg)``);
+    ``loss_scale`` as in :func:`make_loss_fn`. Or, the older spelling, no ``loss`` and ``recipe``
+    (``"notebook"``, default, or ``"ultralytics"``, whose ``loss_scale`` defaults to ``"batch"``)
+    with ``loss_kwargs`` for ``loss.detection_loss`` (``img_size``, the weights, ``assigner``, ...).
+    ``batch["images"]`` may be uint8 (converted to float32 / 255 inside the step) or float32 in
+    [0, 1].
 
     Recipe ``"notebook"`` (``tx`` from ``optim.make_optimizer``): with ``torch_compat``
     (``make_optimizer(..., torch_compat=True)``), a batch without any positive anchor leaves the
@@ -138,17 +146,21 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, lr_fn: Callab
     sharded along its first axis over the mesh's ``data`` axis, the state (EMA included) and the
     metrics are replicated, and every batch statistic is global (see ``parallel``).
     """
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
-    if torch_compat and recipe != "notebook":
-        raise ValueError("torch_compat reproduces the notebook's loop; it needs recipe='notebook'")
+    if loss is None:
+        recipe = recipe or "notebook"
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
+        if torch_compat and recipe != "notebook":
+            raise ValueError("torch_compat reproduces the notebook's loop; it needs recipe='notebook'")
+        if loss_scale is None and recipe == "ultralytics":
+            loss_scale = "batch"
+        if recipe != "notebook":
+            loss_kwargs["recipe"] = recipe
+    elif recipe is not None:
+        raise ValueError("give loss= (a loss function) or recipe= (a loss by name), not both")
     if lr_fn is not None and hyperparams_fn is not None:
         raise ValueError("give lr_fn (notebook optimizer) or hyperparams_fn (Ultralytics recipe), not both")
-    if loss_scale is None and recipe == "ultralytics":
-        loss_scale = "batch"
-    if recipe != "notebook":
-        loss_kwargs["recipe"] = recipe
-    loss_fn = make_loss_fn(graphdef, loss_scale=loss_scale, **loss_kwargs)
+    loss_fn = make_loss_fn(graphdef, loss=loss, loss_scale=loss_scale, **loss_kwargs)
     if mesh is None:
         jit = functools.partial(jax.jit, donate_argnums=(0,))
     else:

@@ -1,21 +1,25 @@
 """Train YOLOv11: ``python -m yolo11_jax.train``.
 
-Reads top to bottom: configuration, data, model, optimizer, one jitted train step, then a
-loop over steps (logging every ``--log-every`` steps, evaluation and checkpoints every N
-epochs or steps), final export.
+Reads top to bottom: the command line; :func:`setup` (data, model, the recipe's loss and
+optimizer, one jitted train step, checkpoints), which returns a :class:`Run`; :func:`loop` over
+steps (logging every ``--log-every`` steps, evaluation and checkpoints every N epochs or steps);
+:func:`finish` (export and summary). :func:`train` calls the three.
 
-Named configurations (``--config``; every other option overrides it; see ``configs.py``):
+Named configurations (``--config``; every other option overrides it; see ``train_config.py``,
+and the README for the time each takes and the accuracy it reaches):
 
 * ``cpu`` (default): the embedded shapes dataset (4 classes, 128 px), the ``small``
-  network (notebook architecture at base width 16), batch 16, 6 epochs. About 9 minutes on
-  a 2-core CPU; see the README for the figures it reaches.
+  network (notebook architecture at base width 16), batch 16, 6 epochs, the notebook's recipe.
+* ``cpu-ultralytics``: the same data under Ultralytics' recipe with ``yolo11n``.
 * ``notebook-coco``: the notebook's run: its network (110.2M), 640 px, batch 4, 5 epochs,
   32 images streamed from ``detection-datasets/coco`` (needs the Hub).
 * ``smoke``: a seconds-long run of the tiny network, for tests and trying options.
 
 ``--config`` names a training run, ``--model`` a network (``--model notebook`` is the
-notebook's network). The old spellings ``--preset`` and ``--eval-every`` still work, with a
-deprecation message.
+notebook's network), ``--recipe`` a training recipe (``yolo11_jax/recipes/``: loss, optimizer
+and schedule, EMA, augmentation). ``--help`` after ``--config NAME`` shows that config's values.
+The old spellings ``--preset``, ``--eval-every``, ``--checkpoint-every`` and ``--assigner dense``
+still work, with a deprecation message.
 
 Data parallelism: the step runs on a ``jax.sharding.Mesh`` over all devices (``--devices``
 takes fewer), the global ``--batch-size`` split over them; BatchNorm statistics and the loss
@@ -25,9 +29,16 @@ Several processes (hosts): give each ``--coordinator-address HOST:PORT --num-pro
 and the same ``--run-dir``; each prepares its rows of every batch, process 0 writes the logs,
 plots and exports, and all take part in the Orbax checkpoints.
 
-Outputs in the run directory: ``config.json``, ``metrics.jsonl``, ``checkpoints/``
-(Orbax), ``weights.safetensors`` (the reference's key names), ``loss_curves.png``,
-``sample_batch.png``, ``iou_variants.png`` and, with evaluation, ``map_curve.png``.
+Outputs in the run directory: ``config.json`` (every option that ran, and what the run resolved
+from them), ``metrics.jsonl`` (interval, epoch, eval and timing rows), ``checkpoints/`` (Orbax),
+``weights.safetensors`` (the reference's key names), ``loss_curves.png``, ``sample_batch.png``,
+``iou_variants.png`` and, with evaluation, ``map_curve.png``.
+
+Throughput: the loop logs its end-to-end images per second (``images_per_s``, input pipeline
+included) and, after compiling, times ``--step-timing-steps`` steps of the same compiled step on
+one batch already in memory (``step_only_images_per_s``); their ratio (``input_efficiency``) is
+what the input path costs the step, which ``data_wait_fraction`` (the time blocked on the
+pipeline) cannot show when the pipeline's threads share the step's cores.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -50,25 +61,19 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from yolo11_jax import config as C
-from yolo11_jax import convert, inference, parallel, plots
-from yolo11_jax.anchors import STRIDES, feature_sizes
-from yolo11_jax.assign_chunked import chunked_assigner
-from yolo11_jax.assign import task_aligned_assign
-from yolo11_jax.configs import (CONFIGS, DEPRECATED_CONFIG_NAMES, DESCRIPTIONS, RENAMED_KEYS, TrainConfig, augmentation,
-                                named_config, resolve_recipe)
+from yolo11_jax import convert, inference, options as C, parallel, plots, recipes
 from yolo11_jax.data import TrainPipeline, add_counts, build_dataset, warn_max_boxes
-from yolo11_jax.data.pipeline import StreamPipeline, StreamSource
-from yolo11_jax.model import count_parameters
+from yolo11_jax.data.pipeline import COUNTER_KEYS, StreamPipeline, StreamSource
 from yolo11_jax.ema import eval_variables
-from yolo11_jax.optim import make_optimizer, make_schedule, ultralytics_iterations, ultralytics_recipe
+from yolo11_jax.model import count_parameters
 from yolo11_jax.presets import build_model
-from yolo11_jax.yolo11 import class_bias_init
+from yolo11_jax.recipes.ultralytics import class_bias_prior
 from yolo11_jax.step import TrainState, init_train_state, make_train_step, split_model
+from yolo11_jax.train_config import (CONFIGS, DEPRECATED_CONFIG_NAMES, DESCRIPTIONS, DTYPES, RENAMED_KEYS,
+                                     TrainConfig, named_config)
 
 BATCH_KEYS = ("images", "boxes_cxcywh", "labels", "mask")
 LOSS_KEYS = ("total_loss", "cls_loss", "box_loss", "dfl_loss")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,18 +82,33 @@ class NonFiniteLossError(RuntimeError):
 
 # ----------------------------------------------------------------------------- command line
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(config: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``--help`` shows the values of the named configuration ``config``
+    (default: cpu)."""
+    name = config if config in CONFIGS else "cpu"
     ap = argparse.ArgumentParser(prog="python -m yolo11_jax.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=None, metavar="NAME",
                     help="named training configuration: " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items())
                          + " (default: cpu; with --resume the run's saved configuration is the start instead)")
     ap.add_argument("--resume", type=Path, help="continue the run in this directory from its last checkpoint")
-    C.add_arguments(ap, TrainConfig, default_label="cpu config")
+    C.add_arguments(ap, TrainConfig, default_label=f"{name} config",
+                    shown_defaults=dataclasses.asdict(named_config(name)))
     ap.add_argument("--preset", default=None, metavar="NAME", help="deprecated spelling of --config")
     ap.add_argument("--eval-every", type=int, default=None, metavar="N",
                     help="deprecated spelling of --eval-every-epochs")
+    ap.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                    help="deprecated spelling of --checkpoint-every-steps")
     return ap
+
+
+def _config_name(argv) -> str | None:
+    """The ``--config`` (or ``--preset``) of a command line, read before the full parser is built."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--preset")
+    known, _ = pre.parse_known_args(argv)
+    return known.config or DEPRECATED_CONFIG_NAMES.get(known.preset, known.preset)
 
 
 def _deprecated(args: argparse.Namespace, warn=C.warn_stderr) -> None:
@@ -100,10 +120,11 @@ def _deprecated(args: argparse.Namespace, warn=C.warn_stderr) -> None:
         if args.config is not None and args.config != name:
             raise ValueError(f"--preset {args.preset} and --config {args.config} disagree")
         args.config = name
-    if args.eval_every is not None:
-        warn("--eval-every is deprecated: use --eval-every-epochs")
-        if args.eval_every_epochs is None:
-            args.eval_every_epochs = args.eval_every
+    for old, new in (("eval_every", "eval_every_epochs"), ("checkpoint_every", "checkpoint_every_steps")):
+        if getattr(args, old) is not None:
+            warn(f"{C.flag(old)} is deprecated: use {C.flag(new)}")
+            if getattr(args, new) is None:
+                setattr(args, new, getattr(args, old))
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -137,12 +158,11 @@ def resumed_config(run_dir: Path, args: argparse.Namespace, warn=C.warn_stderr) 
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """Every option's check (see ``configs.TrainConfig``); one ``ValueError`` listing all problems."""
+    """Every option's check (see ``train_config.TrainConfig``) and every combination the recipe's
+    parts refuse (``recipes.problems``); one ``ValueError`` listing all problems."""
     problems = C.validate(cfg)
-    try:
-        resolve_recipe(cfg)
-    except ValueError as e:
-        problems.append(str(e))
+    if not problems:
+        problems = recipes.problems(cfg)
     if problems:
         raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -252,13 +272,6 @@ def load_initial_weights(model, path: Path) -> str:
     return f"init weights: {path} ({what}): {report.summary()}"
 
 
-def _assigner(cfg: TrainConfig):
-    if cfg.assigner == "dense":
-        return task_aligned_assign
-    return chunked_assigner(feature_sizes((cfg.img_size, cfg.img_size)),
-                            method="sparse" if cfg.assigner == "chunked-sparse" else "dense")
-
-
 def _due(done: int, every_steps: int, every_epochs: int, steps_per_epoch: int, total: int) -> bool:
     """Whether something scheduled every N steps / every N epochs falls after step ``done``;
     always after the last step."""
@@ -269,20 +282,95 @@ def _due(done: int, every_steps: int, every_epochs: int, steps_per_epoch: int, t
     return bool(every_epochs) and done % (every_epochs * steps_per_epoch) == 0
 
 
-# ----------------------------------------------------------------------------- the run
+def _auto_max_boxes(examples, augment) -> int:
+    """``--max-boxes auto``: the most boxes of one training record, from the index (nothing is
+    decoded), times 4 when mosaics (four images in one) can occur; at least 1."""
+    records = getattr(examples, "records", examples)
+    most = max((rec.num_boxes for rec in records), default=0)
+    return max(1, most * (4 if augment.mosaic > 0 else 1))
 
-def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True,
-          stop_after_steps: int | None = None) -> dict:
-    """Run training; returns a summary dict. Raises ``NonFiniteLossError`` if the loss diverges.
 
-    ``stop_after_steps`` ends this call after that many steps (a checkpoint written), as an
-    interruption would; ``resume=run_dir`` continues it.
-    """
-    check_config(cfg)
-    parallel.initialize_distributed(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
-    primary = parallel.is_primary()  # only process 0 logs and writes files (Orbax: all take part)
-    mesh = parallel.make_mesh(cfg.devices)
-    parallel.check_batch_size(cfg.batch_size, mesh)
+class MetricsWriter:
+    """``metrics.jsonl``, one JSON row per line, written by process 0 only (a no-op elsewhere)."""
+
+    def __init__(self, path: Path | None, *, keep_until_step: int | None = None):
+        self.file = None
+        if path is None:
+            return
+        if keep_until_step is not None:  # resume: drop the rows logged after the restored checkpoint
+            _truncate_metrics(path, keep_until_step)
+        self.file = path.open("a" if keep_until_step is not None else "w")
+
+    def write(self, kind: str, row: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(dict(kind=kind, **row)) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None and not self.file.closed:
+            self.file.close()
+
+
+class Meter:
+    """Images and seconds of the loop's stepping, excluding what happens between intervals
+    (evaluation, checkpoints, plots): ``start()`` after those, ``take()`` at each host read."""
+
+    def __init__(self):
+        self.images = self.total_images = 0
+        self.wait = self.total_seconds = 0.0
+        self.t = time.perf_counter()
+
+    def start(self) -> None:
+        self.images, self.wait, self.t = 0, 0.0, time.perf_counter()
+
+    def take(self) -> dict:
+        elapsed = max(time.perf_counter() - self.t, 1e-9)
+        self.total_images += self.images
+        self.total_seconds += elapsed
+        row = dict(images_per_s=self.images / elapsed, data_wait_fraction=self.wait / elapsed)
+        self.start()
+        return row
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.total_images / self.total_seconds if self.total_seconds else None
+
+
+@dataclasses.dataclass
+class Run:
+    """What :func:`setup` builds and :func:`loop` advances. ``cfg`` is the configuration with
+    everything the data decides filled in (class count and names, ``--max-boxes auto``, the run
+    directory); it is never changed."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    primary: bool
+    log: Callable[[str], None]
+    progress: bool
+    mesh: Any
+    train_data: Any
+    val_data: Any
+    pipeline: Any
+    data_iterator: Any
+    steps_per_epoch: int
+    total_steps: int
+    model: nnx.Module
+    eval_graphdef: Any
+    state: TrainState
+    train_step: Callable
+    lr_fn: Optional[Callable]
+    mngr: ocp.CheckpointManager
+    metrics: MetricsWriter
+    start_step: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    evals: list = dataclasses.field(default_factory=list)
+    epoch_rows: list = dataclasses.field(default_factory=list)   # host metrics of the current epoch
+    timing: dict = dataclasses.field(default_factory=dict)       # compile, first step, step-only throughput
+
+
+# ----------------------------------------------------------------------------- setup
+
+def _prepare_run_dir(cfg: TrainConfig, resume: Path | None, primary: bool) -> Path:
     run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / _run_name()
     if resume is None and _has_checkpoints(run_dir):
         # (Checkpoints are written after every process has passed the setup barrier, so all
@@ -291,25 +379,24 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
                          "or choose another --run-dir")
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.run_dir = str(run_dir)
-    progress = progress and primary
-    log = tqdm.write if progress else (lambda s: None)
+    return run_dir
 
-    # ---- data
+
+def _load_data(cfg: TrainConfig, progress: bool, log) -> tuple[TrainConfig, Any, Any]:
+    """``(cfg with the data's class count and names, train data, validation data or None)``."""
     train_data = build_dataset(cfg.data, split=cfg.split, num_classes=cfg.num_classes, img_size=cfg.img_size,
                                letterbox=cfg.letterbox, max_samples=cfg.max_samples, bbox_format=cfg.bbox_format,
                                image_dir=cfg.image_dir, shapes_num_images=cfg.shapes_train_images,
                                shapes_img_size=cfg.shapes_img_size, shapes_seed=cfg.seed, progress=progress,
                                stream=True)
     streamed = isinstance(train_data.examples, StreamSource)
-    cfg.num_classes = cfg.num_classes or train_data.num_classes
-    cfg.class_names = cfg.class_names or train_data.class_names
+    cfg = dataclasses.replace(cfg, num_classes=cfg.num_classes or train_data.num_classes,
+                              class_names=cfg.class_names or train_data.class_names)
     log(f"train data: {'a stream' if streamed else len(train_data.examples)} images from {cfg.data!r} ({cfg.split}); "
         f"{train_data.stats.summary()}")
     val_data = None
-    val_spec = cfg.val_data or cfg.data
-    evaluation = bool(cfg.val_split) and bool(cfg.eval_every_epochs or cfg.eval_every_steps)
-    if evaluation:
+    if bool(cfg.val_split) and bool(cfg.eval_every_epochs or cfg.eval_every_steps):
+        val_spec = cfg.val_data or cfg.data
         val_data = build_dataset(val_spec, split=cfg.val_split, num_classes=cfg.num_classes,
                                  img_size=cfg.img_size, letterbox=cfg.letterbox, max_samples=cfg.val_max_samples,
                                  bbox_format=cfg.bbox_format, image_dir=_val_image_dir(cfg),
@@ -324,7 +411,17 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     if cfg.class_names is not None and len(cfg.class_names) != cfg.num_classes:
         raise ValueError(f"{len(cfg.class_names)} class names for {cfg.num_classes} classes "
                          f"(--num-classes {cfg.num_classes}, the data names {list(cfg.class_names)})")
-    augment = augmentation(cfg)
+    return cfg, train_data, val_data
+
+
+def _make_pipeline(cfg: TrainConfig, train_data) -> tuple[TrainConfig, Any, int, int]:
+    """``(cfg with --max-boxes resolved, pipeline, steps per epoch, total steps)``."""
+    streamed = isinstance(train_data.examples, StreamSource)
+    augment = recipes.augmentation(cfg)
+    if cfg.max_boxes == "auto":
+        if streamed:
+            raise ValueError(f"--max-boxes auto needs the data's index; {cfg.data!r} is streamed: give a number")
+        cfg = dataclasses.replace(cfg, max_boxes=_auto_max_boxes(train_data.examples, augment))
     if not augment.enabled and not streamed:  # (with augmentation, mosaics decide how many boxes an image has)
         warn_max_boxes(train_data.examples, cfg.max_boxes)
     pipeline = (StreamPipeline if streamed else TrainPipeline)(
@@ -337,223 +434,300 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
             raise ValueError(f"{cfg.data!r} is streamed and its size is unknown: give --steps (or --max-samples "
                              "to read a subset into memory)")
         steps_per_epoch = cfg.steps
-    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
-    data_iterator = iter(pipeline.dataset(total_steps))
+    return cfg, pipeline, steps_per_epoch, cfg.steps or cfg.epochs * steps_per_epoch
 
-    # ---- model, optimizer, step
-    model = build_model(cfg.model, num_classes=cfg.num_classes, dtype=DTYPES[cfg.dtype], rngs=nnx.Rngs(cfg.seed))
+
+def _build_model(cfg: TrainConfig, resume: Path | None, log) -> nnx.Module:
+    model = build_model(cfg.model, num_classes=cfg.num_classes, dtype=DTYPES[cfg.dtype], conv_impl=cfg.conv_impl,
+                        rngs=nnx.Rngs(cfg.seed))
     if cfg.init_weights and resume is None:
         log(load_initial_weights(model, Path(cfg.init_weights)))
-    elif resolve_recipe(cfg).loss == "ultralytics" and hasattr(model, "head"):
-        # The notebook's networks start with class logits near 0 (scores 0.5 at every anchor);
-        # Ultralytics' loss divides by the sum of the target scores, and its small learning rate
-        # would take thousands of steps to move the biases down. Its own networks start with
-        # Detect.bias_init's prior (yolo11.py); give the notebook's heads the same one.
-        for level, head in enumerate(model.head.heads):
-            head.cls_pred.bias[...] = jnp.full_like(head.cls_pred.bias[...],
-                                                     class_bias_init(cfg.num_classes, STRIDES[level]))
-        log("class-logit biases set to Ultralytics' prior, log(5 / classes / (640 / stride)^2)")
-    eval_gd = inference.eval_graphdef(model)
+        if cfg.class_bias_prior:
+            log("class-logit biases: from --init-weights (no prior set)")
+    elif cfg.class_bias_prior:
+        log(class_bias_prior(model, cfg.num_classes))
+    return model
+
+
+def _build_step(cfg: TrainConfig, params, length: recipes.RunLength, mesh, graphdef, log):
+    """The recipe's loss and optimizer, and the jitted step: ``(train_step, optimizer setup)``."""
+    loss_fn = recipes.get_loss(cfg.loss).build(cfg)
+    opt = recipes.get_optimizer(cfg.optimizer).build(cfg, params, length)
+    train_step = make_train_step(graphdef, opt.tx, loss=loss_fn, lr_fn=opt.lr_fn, hyperparams_fn=opt.hyperparams_fn,
+                                 torch_compat=opt.torch_compat, loss_scale=opt.loss_scale, mesh=mesh)
+    log(f"recipe: {cfg.recipe} (loss {cfg.loss}, assigner {cfg.assigner}, optimizer {cfg.optimizer}, "
+        f"EMA {'on' if cfg.ema else 'off'}, augmentation {cfg.augment}"
+        f"{' (on)' if recipes.augmentation(cfg).enabled else ' (off)'}); "
+        + ", ".join(f"{k}={v}" for k, v in opt.info.items() if not isinstance(v, dict)))
+    return train_step, opt
+
+
+def _write_config(run: Run, opt: recipes.OptimizerSetup) -> None:
+    """``config.json``: every option that runs, and what the run resolved from them."""
+    resolved = dict(steps_per_epoch=run.steps_per_epoch, total_steps=run.total_steps,
+                    augment=dataclasses.asdict(recipes.augmentation(run.cfg)), optimizer_info=dict(opt.info),
+                    loss_scale=opt.loss_scale, devices=int(run.mesh.devices.size),
+                    platform=run.mesh.devices.flat[0].platform, processes=jax.process_count())
+    (run.run_dir / "config.json").write_text(
+        json.dumps({**dataclasses.asdict(run.cfg), "resolved": resolved}, indent=1, default=str))
+
+
+def _restore(run: Run, resume: Path) -> None:
+    """Continue from the last checkpoint in ``run.mngr``: state, history, pipeline position."""
+    run.state, meta, restored_data = restore_checkpoint(run.mngr, run.state, data_iterator=run.data_iterator)
+    run.history, run.evals = meta.get("history", []), meta.get("evals", [])
+    run.epoch_rows = list(meta.get("epoch_rows", []))
+    run.start_step = int(parallel.to_host(run.state.step))
+    if not restored_data:  # no pipeline state that fits: the position is a function of the step
+        run.log("the checkpoint holds no input-pipeline position that fits this pipeline (another --workers?); "
+                "the batches continue from the step, which gives the same data")
+        run.data_iterator = iter(run.pipeline.dataset(run.total_steps, start_step=run.start_step))
+    for key in COUNTER_KEYS:  # the pipeline's counts up to the checkpoint
+        setattr(run.train_data.stats, key, int(meta.get("data_stats", {}).get(key, 0)))
+    run.log(f"resumed {resume} at step {run.start_step} (epoch {run.start_step / run.steps_per_epoch:.2f})")
+
+
+def setup(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True) -> Run:
+    """Everything before the first step: checks, devices, data, model, the recipe's loss and
+    optimizer, the jitted step, checkpoints (restored with ``resume``), ``config.json``."""
+    check_config(cfg)
+    from yolo11_jax import compile_cache
+    compile_cache.enable(cfg.compile_cache_dir or None)
+    parallel.initialize_distributed(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    primary = parallel.is_primary()  # only process 0 logs and writes files (Orbax: all take part)
+    mesh = parallel.make_mesh(cfg.devices)
+    parallel.check_batch_size(cfg.batch_size, mesh)
+    run_dir = _prepare_run_dir(cfg, resume, primary)
+    progress = progress and primary
+    log = tqdm.write if progress else (lambda s: None)
+    cfg, train_data, val_data = _load_data(dataclasses.replace(cfg, run_dir=str(run_dir)), progress, log)
+    cfg, pipeline, steps_per_epoch, total_steps = _make_pipeline(cfg, train_data)
+
+    model = _build_model(cfg, resume, log)
+    eval_graphdef = inference.eval_graphdef(model)
     model.train()
     graphdef, params, rest = split_model(model)
     log(f"model: {cfg.model}, {count_parameters(model):,} parameters, {cfg.num_classes} classes, "
-        f"{cfg.img_size}px, {cfg.dtype}; {total_steps} steps ({steps_per_epoch} per epoch); "
+        f"{cfg.img_size}px, {cfg.dtype}, conv {cfg.conv_impl}; {total_steps} steps ({steps_per_epoch} per epoch); "
         f"batch {cfg.batch_size} over {mesh.devices.size} {mesh.devices.flat[0].platform} device(s)"
         + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
-    recipe = resolve_recipe(cfg)
-    lr_fn, step_kwargs = None, {}
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    if recipe.optimizer == "notebook":
-        lr_fn = make_schedule(cfg.lr or 1e-3, schedule=cfg.schedule, epochs=total_steps / steps_per_epoch,
-                              steps_per_epoch=steps_per_epoch, warmup_steps=cfg.warmup_steps)
-        tx = make_optimizer(lr_fn, weight_decay=0.05 if cfg.weight_decay is None else cfg.weight_decay,
-                            clip_norm=cfg.clip_norm, torch_compat=recipe.torch_compat)
-        step_kwargs = dict(lr_fn=lr_fn, torch_compat=recipe.torch_compat)
-        optimizer_info = {"optimizer": "notebook AdamW", "lr": cfg.lr or 1e-3}
-    else:
-        num_images = total_steps * cfg.batch_size / epochs if streamed else len(train_data.examples)
-        tx, schedule, optimizer_info = ultralytics_recipe(
-            params, optimizer=recipe.optimizer, num_classes=cfg.num_classes, batch_size=cfg.batch_size,
-            steps_per_epoch=steps_per_epoch, epochs=epochs,
-            iterations=ultralytics_iterations(int(num_images), cfg.batch_size, epochs, nbs=cfg.nbs), lr0=cfg.lr,
-            lrf=cfg.lrf, momentum=cfg.momentum, weight_decay=5e-4 if cfg.weight_decay is None else cfg.weight_decay,
-            warmup_epochs=cfg.warmup_epochs, warmup_momentum=cfg.warmup_momentum, warmup_bias_lr=cfg.warmup_bias_lr,
-            nbs=cfg.nbs, clip_norm=cfg.clip_norm)
-        # Ultralytics backpropagates batch_size x the loss; its learning rates and clipping assume it.
-        step_kwargs = dict(hyperparams_fn=schedule, loss_scale="batch")
-    log(f"recipe: {cfg.recipe} (loss {recipe.loss}, optimizer {recipe.optimizer}, EMA {'on' if recipe.ema else 'off'}, "
-        f"augmentation {'on' if augment.enabled else 'off'}); " + ", ".join(f"{k}={v}" for k, v in optimizer_info.items()
-                                                                            if not isinstance(v, dict)))
-    if primary:
-        (run_dir / "config.json").write_text(json.dumps(
-            {**dataclasses.asdict(cfg), "resolved": {**dataclasses.asdict(recipe), "augment": dataclasses.asdict(augment),
-                                                      "optimizer_info": optimizer_info}}, indent=1, default=str))
-    state = parallel.replicate(init_train_state(params, rest, tx, ema=recipe.ema), mesh)
-    loss_kwargs = dict(cls_weight=cfg.cls_weight, box_weight=cfg.box_weight, dfl_weight=cfg.dfl_weight)
-    if cfg.topk is not None:
-        loss_kwargs["topk"] = cfg.topk
-    if recipe.loss == "notebook":
-        loss_kwargs["assigner"] = _assigner(cfg)
-    train_step = make_train_step(graphdef, tx, mesh=mesh, recipe=recipe.loss, img_size=cfg.img_size,
-                                 num_classes=cfg.num_classes, **step_kwargs, **loss_kwargs)
+    streamed = isinstance(train_data.examples, StreamSource)
+    num_images = total_steps * cfg.batch_size / math.ceil(total_steps / steps_per_epoch) if streamed \
+        else len(train_data.examples)
+    length = recipes.RunLength(steps_per_epoch=steps_per_epoch, total_steps=total_steps, num_images=int(num_images))
+    train_step, opt = _build_step(cfg, params, length, mesh, graphdef, log)
+    state = parallel.replicate(init_train_state(params, rest, opt.tx, ema=cfg.ema), mesh)
 
     parallel.barrier("setup")  # model init compiles per process; Orbax's next sync is a collective
-    mngr = checkpoint_manager(run_dir, cfg.keep_checkpoints)
-    start_step, history, evals, meta = 0, [], [], {}
+    run = Run(cfg=cfg, run_dir=run_dir, primary=primary, log=log, progress=progress, mesh=mesh,
+              train_data=train_data, val_data=val_data, pipeline=pipeline,
+              data_iterator=iter(pipeline.dataset(total_steps)), steps_per_epoch=steps_per_epoch,
+              total_steps=total_steps, model=model, eval_graphdef=eval_graphdef, state=state, train_step=train_step,
+              lr_fn=opt.lr_fn, mngr=checkpoint_manager(run_dir, cfg.keep_checkpoints), metrics=MetricsWriter(None))
     if resume is not None:
-        state, meta, restored_data = restore_checkpoint(mngr, state, data_iterator=data_iterator)
-        history, evals = meta.get("history", []), meta.get("evals", [])
-        start_step = int(parallel.to_host(state.step))
-        if not restored_data:  # no pipeline state that fits: the position is a function of the step
-            log("the checkpoint holds no input-pipeline position that fits this pipeline (another --workers?); "
-                "the batches continue from the step, which gives the same data")
-            data_iterator = iter(pipeline.dataset(total_steps, start_step=start_step))
-        from yolo11_jax.data.pipeline import COUNTER_KEYS
-        for key in COUNTER_KEYS:  # the pipeline's counts up to the checkpoint
-            setattr(train_data.stats, key, int(meta.get("data_stats", {}).get(key, 0)))
-        log(f"resumed {run_dir} at step {start_step} (epoch {start_step / steps_per_epoch:.2f})")
-
-    metrics_file = None
+        _restore(run, resume)
     if primary:
-        metrics_path = run_dir / "metrics.jsonl"
-        if resume is not None:  # drop the rows logged after the restored checkpoint
-            _truncate_metrics(metrics_path, start_step)
-        metrics_file = metrics_path.open("a" if resume is not None else "w")
+        _write_config(run, opt)
+        run.metrics = MetricsWriter(run_dir / "metrics.jsonl",
+                                    keep_until_step=run.start_step if resume is not None else None)
+    return run
 
-    def write_metrics(row: dict) -> None:
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
 
-    def evaluate(done: int) -> dict:
-        # On process 0's first device, from host copies of the replicated state.
-        # (the EMA when there is one)
-        eval_states = jax.device_put(parallel.to_host(eval_variables(state)), jax.local_devices()[0])
-        res = inference.evaluate_examples(eval_gd, eval_states, val_data.examples, num_classes=cfg.num_classes,
-                                          img_size=cfg.img_size, batch_size=cfg.eval_batch_size,
-                                          letterbox=cfg.letterbox, class_names=cfg.class_names, progress=progress)
-        return dict(step=done, epoch=done / steps_per_epoch, mAP=res["mAP"], AP50=res["AP50"], AP75=res["AP75"])
+# ----------------------------------------------------------------------------- the loop
 
-    # ---- loop
-    end_step = total_steps if stop_after_steps is None else min(total_steps, start_step + stop_after_steps)
-    compiled_step = None
-    t_start = time.perf_counter()
-    pending = []                       # device metrics of the steps not yet read
-    epoch_rows = list(meta.get("epoch_rows", [])) if resume is not None else []  # host metrics, this epoch
-    t_interval, n_interval, wait_interval = time.perf_counter(), 0, 0.0
-    bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not progress,
-               dynamic_ncols=True)
+def _compile(run: Run, device_batch) -> Callable:
+    """Compile the step (then every process starts stepping together) and time it: compile
+    seconds and, with ``--step-timing-steps N``, N steps on this batch on a copy of the state
+    (the step-only throughput)."""
+    t = time.perf_counter()
+    compiled = run.train_step.lower(run.state, device_batch).compile()
+    parallel.barrier("compiled")
+    run.timing["compile_s"] = time.perf_counter() - t
+    n = run.cfg.step_timing_steps
+    if n:
+        scratch = jax.tree.map(jnp.copy, run.state)   # the step donates its state: time on a copy
+        scratch, metrics = compiled(scratch, device_batch)  # (one untimed call: first-run costs)
+        jax.block_until_ready(metrics)
+        t = time.perf_counter()
+        for _ in range(n):
+            scratch, metrics = compiled(scratch, device_batch)
+        jax.block_until_ready(metrics)
+        run.timing["step_only_images_per_s"] = n * run.cfg.batch_size / (time.perf_counter() - t)
+        del scratch
+    return compiled
 
-    def flush(done: int, epoch: int) -> None:
-        """Read the pending metrics (the only host sync of the loop), stop on a non-finite loss,
-        log an interval row."""
-        nonlocal pending, t_interval, n_interval, wait_interval
-        if not pending:
-            return
-        host = [{k: float(v) for k, v in r.items()} for r in parallel.to_host(pending)]
-        bad = [r for r in host if not all(math.isfinite(r[k]) for k in LOSS_KEYS)]
-        if bad:
-            if metrics_file is not None:
-                metrics_file.close()
-            last = mngr.latest_step()
-            raise NonFiniteLossError(
-                f"non-finite loss within steps {done - len(pending) + 1}..{done} (epoch {epoch}; "
-                f"{ {k: bad[0][k] for k in LOSS_KEYS} }). Training stopped; "
-                + (f"the last good checkpoint (step {last}) in {run_dir / 'checkpoints'} is intact."
-                   if last is not None else "no checkpoint had been written yet."))
-        row = _mean_metrics(host)
-        elapsed = time.perf_counter() - t_interval
-        row.update(epoch=epoch, step=done, images_per_s=n_interval / elapsed, data_wait_fraction=wait_interval / elapsed)
-        write_metrics(dict(kind="interval", **row))
-        epoch_rows.extend(host)
-        bar.set_postfix(epoch=epoch, loss=f"{row['total_loss']:.3g}", cls=f"{row['cls_loss']:.3g}",
-                        box=f"{row['box_loss']:.3g}", dfl=f"{row['dfl_loss']:.3g}", img_s=f"{row['images_per_s']:.0f}")
-        bar.update(len(pending))
-        pending, t_interval, n_interval, wait_interval = [], time.perf_counter(), 0, 0.0
 
-    for step in range(start_step, end_step):
-        t_wait = time.perf_counter()
-        batch = next(data_iterator)
-        wait_interval += time.perf_counter() - t_wait
-        add_counts(train_data.stats, batch)
-        if step == start_step and primary:
-            plots.plot_sample_batch(batch["images"], batch["boxes_cxcywh"], batch["mask"], batch["labels"],
-                                    run_dir / "sample_batch.png", class_names=cfg.class_names)
-        device_batch = parallel.global_batch({k: batch[k] for k in BATCH_KEYS}, mesh)
-        if compiled_step is None:  # compile once, then every process starts stepping together
-            compiled_step = train_step.lower(state, device_batch).compile()
-            parallel.barrier("compiled")
-        state, metrics = compiled_step(state, device_batch)
-        pending.append(metrics)
-        n_interval += cfg.batch_size
-        done = step + 1
-        epoch = step // steps_per_epoch + 1                # the epoch this step belongs to, from 1
-        epoch_end = done % steps_per_epoch == 0 or done == total_steps
-        save = done == end_step or _due(done, cfg.checkpoint_every, cfg.checkpoint_every_epochs, steps_per_epoch,
-                                        total_steps)
-        if len(pending) == cfg.log_every or epoch_end or save:
-            flush(done, epoch)
+def _flush(run: Run, pending: list, meter: Meter, done: int, epoch: int, bar) -> None:
+    """Read the pending metrics (the only host sync of the loop), stop on a non-finite loss,
+    log an interval row."""
+    host = [{k: float(v) for k, v in r.items()} for r in parallel.to_host(pending)]
+    bad = [r for r in host if not all(math.isfinite(r[k]) for k in LOSS_KEYS if k in r)]
+    if bad:
+        run.metrics.close()
+        last = run.mngr.latest_step()
+        raise NonFiniteLossError(
+            f"non-finite loss within steps {done - len(pending) + 1}..{done} (epoch {epoch}; "
+            f"{ {k: bad[0][k] for k in LOSS_KEYS if k in bad[0]} }). Training stopped; "
+            + (f"the last good checkpoint (step {last}) in {run.run_dir / 'checkpoints'} is intact."
+               if last is not None else "no checkpoint had been written yet."))
+    row = _mean_metrics(host)
+    row.update(epoch=epoch, step=done, **meter.take())
+    if run.timing.get("step_only_images_per_s"):
+        row["input_efficiency"] = row["images_per_s"] / run.timing["step_only_images_per_s"]
+    run.metrics.write("interval", row)
+    run.epoch_rows.extend(host)
+    bar.set_postfix(epoch=epoch, **{k.replace("_loss", ""): f"{row[k]:.3g}" for k in LOSS_KEYS if k in row},
+                    img_s=f"{row['images_per_s']:.0f}")
+    bar.update(len(pending))
+    pending.clear()
 
-        summary = None
-        if epoch_end:
-            summary = _mean_metrics(epoch_rows)
-            summary.update(epoch=epoch, step=done, elapsed_s=time.perf_counter() - t_start)
-            if lr_fn is not None:
-                summary["lr"] = float(lr_fn(done - 1))
-            epoch_rows = []
-        if evaluation and _due(done, cfg.eval_every_steps, cfg.eval_every_epochs, steps_per_epoch, total_steps):
-            if primary:
-                result = evaluate(done)
-                evals.append(result)
-                write_metrics(dict(kind="eval", **result))
-                log(f"step {done} (epoch {done / steps_per_epoch:.2f}): mAP={result['mAP']:.4f}, "
+
+def _evaluate(run: Run, done: int) -> dict:
+    """COCO mAP on the validation data, on process 0's first device, from host copies of the
+    replicated state (the EMA when there is one)."""
+    eval_states = jax.device_put(parallel.to_host(eval_variables(run.state)), jax.local_devices()[0])
+    res = inference.evaluate_examples(run.eval_graphdef, eval_states, run.val_data.examples,
+                                      num_classes=run.cfg.num_classes, img_size=run.cfg.img_size,
+                                      batch_size=run.cfg.eval_batch_size, letterbox=run.cfg.letterbox,
+                                      class_names=run.cfg.class_names, progress=run.progress)
+    return dict(step=done, epoch=done / run.steps_per_epoch, mAP=res["mAP"], AP50=res["AP50"], AP75=res["AP75"])
+
+
+def _after_step(run: Run, done: int, epoch: int, epoch_end: bool, evaluate: bool, t_start: float) -> None:
+    """The epoch's summary row, evaluation and plots, when due after step ``done``."""
+    summary = None
+    if epoch_end:
+        summary = _mean_metrics(run.epoch_rows)
+        summary.update(epoch=epoch, step=done, elapsed_s=time.perf_counter() - t_start)
+        if run.lr_fn is not None:
+            summary["lr"] = float(run.lr_fn(done - 1))
+        run.epoch_rows = []
+    if evaluate:
+        if run.primary:
+            result = _evaluate(run, done)
+            run.evals.append(result)
+            run.metrics.write("eval", result)
+            run.log(f"step {done} (epoch {done / run.steps_per_epoch:.2f}): mAP={result['mAP']:.4f}, "
                     f"AP50={result['AP50']:.4f}")
-                if summary is not None:
-                    summary.update(mAP=result["mAP"], AP50=result["AP50"], AP75=result["AP75"])
-            parallel.barrier(f"evaluated-{done}")  # process 0 may have evaluated alone; saving syncs next
-        if summary is not None:
-            history.append(summary)
-            write_metrics(dict(kind="epoch", **summary))
-            log(f"epoch {epoch}: " + ", ".join(
-                f"{k}={summary[k]:.4g}" for k in ("total_loss", "cls_loss", "box_loss", "dfl_loss", "num_pos", "lr",
-                                                  "lr_weight") if k in summary))
-            if primary:
-                plots.plot_loss_curves(history, run_dir / "loss_curves.png")
-                if evals:
-                    plots.plot_map_curve(evals, run_dir / "map_curve.png")
-        if save:
-            save_checkpoint(mngr, state, {"step": done, "epoch": done / steps_per_epoch, "history": history,
-                                          "evals": evals, "epoch_rows": epoch_rows, "data_stats":
-                                          train_data.stats.as_dict(), "config": dataclasses.asdict(cfg)},
-                            data_iterator)
-            parallel.barrier(f"saved-{done}")
-    bar.close()
+            if summary is not None:
+                summary.update(mAP=result["mAP"], AP50=result["AP50"], AP75=result["AP75"])
+        parallel.barrier(f"evaluated-{done}")  # process 0 may have evaluated alone; saving syncs next
+    if summary is not None:
+        run.history.append(summary)
+        run.metrics.write("epoch", summary)
+        run.log(f"epoch {epoch}: " + ", ".join(
+            f"{k}={summary[k]:.4g}" for k in (*LOSS_KEYS, "num_pos", "lr", "lr_weight") if k in summary))
+        if run.primary:
+            plots.plot_loss_curves(run.history, run.run_dir / "loss_curves.png")
+            if run.evals:
+                plots.plot_map_curve(run.evals, run.run_dir / "map_curve.png")
 
-    finished = end_step == total_steps
-    if primary:
-        metrics_file.close()
-        if finished:
-            plots.plot_iou_variants(run_dir / "iou_variants.png")
-            nnx.update(model, *parallel.to_host(eval_variables(state)))  # the EMA when there is one
-            convert.save_safetensors(model, run_dir / "weights.safetensors",
-                                     metadata={"config": json.dumps(dataclasses.asdict(cfg))})
-    result = dict(run_dir=str(run_dir), history=history, evals=evals, data_summary=train_data.stats.summary(),
-                  val_data_summary=val_data.stats.summary() if val_data is not None else None,
-                  train_seconds=time.perf_counter() - t_start, steps=end_step)
-    log(f"training data: {train_data.stats.summary()}")
-    if val_data is not None:
-        log(f"validation data: {val_data.stats.summary()}")
-    if evals:
-        log(f"final validation mAP@[.5:.95] {evals[-1]['mAP']:.4f}, AP50 {evals[-1]['AP50']:.4f}")
+
+def _save(run: Run, done: int) -> None:
+    save_checkpoint(run.mngr, run.state, {"step": done, "epoch": done / run.steps_per_epoch, "history": run.history,
+                                          "evals": run.evals, "epoch_rows": run.epoch_rows,
+                                          "data_stats": run.train_data.stats.as_dict(),
+                                          "config": dataclasses.asdict(run.cfg)}, run.data_iterator)
+    parallel.barrier(f"saved-{done}")
+
+
+def loop(run: Run, *, end_step: int, t_start: float) -> None:
+    """Steps ``run.start_step`` .. ``end_step``: one batch each, host reads every ``--log-every``
+    steps, then the epoch summary, evaluation and checkpoint when due."""
+    cfg, compiled, pending, meter = run.cfg, None, [], Meter()
+    bar = tqdm(total=run.total_steps, initial=run.start_step, desc="train", unit="step", disable=not run.progress,
+               dynamic_ncols=True)
+    for step in range(run.start_step, end_step):
+        t_wait = time.perf_counter()
+        batch = next(run.data_iterator)
+        meter.wait += time.perf_counter() - t_wait
+        add_counts(run.train_data.stats, batch)
+        if step == run.start_step and run.primary:
+            plots.plot_sample_batch(batch["images"], batch["boxes_cxcywh"], batch["mask"], batch["labels"],
+                                    run.run_dir / "sample_batch.png", class_names=cfg.class_names)
+        device_batch = parallel.global_batch({k: batch[k] for k in BATCH_KEYS}, run.mesh)
+        if compiled is None:
+            compiled = _compile(run, device_batch)
+        run.state, metrics = compiled(run.state, device_batch)
+        pending.append(metrics)
+        if step == run.start_step:  # the time to the first step, then the throughput from the second
+            jax.block_until_ready(metrics)
+            run.timing["time_to_first_step_s"] = time.perf_counter() - t_start
+            run.metrics.write("timing", dict(step=step + 1, **run.timing))
+            run.log("first step after " + ", ".join(f"{k} {v:.3g}" for k, v in run.timing.items()))
+            meter.start()
+        else:
+            meter.images += cfg.batch_size
+        done, epoch = step + 1, step // run.steps_per_epoch + 1   # the epoch this step belongs to, from 1
+        epoch_end = done % run.steps_per_epoch == 0 or done == run.total_steps
+        save = done == end_step or _due(done, cfg.checkpoint_every_steps, cfg.checkpoint_every_epochs,
+                                        run.steps_per_epoch, run.total_steps)
+        evaluate = run.val_data is not None and _due(done, cfg.eval_every_steps, cfg.eval_every_epochs,
+                                                     run.steps_per_epoch, run.total_steps)
+        if len(pending) == cfg.log_every or epoch_end or save:
+            _flush(run, pending, meter, done, epoch, bar)
+        if epoch_end or save or evaluate:
+            _after_step(run, done, epoch, epoch_end, evaluate, t_start)
+            if save:
+                _save(run, done)
+            meter.start()  # evaluation, plots and checkpoints are not stepping time
+    bar.close()
+    run.timing["end_to_end_images_per_s"] = meter.images_per_s
+
+
+def finish(run: Run, *, end_step: int, t_start: float) -> dict:
+    """Export (when the run is complete) and the summary: returned, logged and written to
+    ``metrics.jsonl`` as a ``summary`` row."""
+    finished = end_step == run.total_steps
+    timing = dict(run.timing)
+    if timing.get("step_only_images_per_s") and timing.get("end_to_end_images_per_s"):
+        timing["input_efficiency"] = timing["end_to_end_images_per_s"] / timing["step_only_images_per_s"]
+    run.metrics.write("summary", dict(step=end_step, train_seconds=time.perf_counter() - t_start, **timing))
+    run.metrics.close()
+    if run.primary and finished:
+        plots.plot_iou_variants(run.run_dir / "iou_variants.png")
+        nnx.update(run.model, *parallel.to_host(eval_variables(run.state)))  # the EMA when there is one
+        convert.save_safetensors(run.model, run.run_dir / "weights.safetensors",
+                                 metadata={"config": json.dumps(dataclasses.asdict(run.cfg))})
+    result = dict(run_dir=str(run.run_dir), history=run.history, evals=run.evals,
+                  data_summary=run.train_data.stats.summary(),
+                  val_data_summary=run.val_data.stats.summary() if run.val_data is not None else None,
+                  train_seconds=time.perf_counter() - t_start, steps=end_step, throughput=timing)
+    run.log(f"training data: {run.train_data.stats.summary()}")
+    if run.val_data is not None:
+        run.log(f"validation data: {run.val_data.stats.summary()}")
+    run.log("throughput: " + ", ".join(f"{k} {v:.3g}" for k, v in timing.items() if v is not None))
+    if run.evals:
+        run.log(f"final validation mAP@[.5:.95] {run.evals[-1]['mAP']:.4f}, AP50 {run.evals[-1]['AP50']:.4f}")
     if finished:
-        log(f"done in {result['train_seconds']:.0f}s: weights in {run_dir / 'weights.safetensors'}")
+        run.log(f"done in {result['train_seconds']:.0f}s: weights in {run.run_dir / 'weights.safetensors'}")
     else:
-        log(f"stopped after step {end_step} of {total_steps}: continue with --resume {run_dir}")
+        run.log(f"stopped after step {end_step} of {run.total_steps}: continue with --resume {run.run_dir}")
     return result
 
 
+def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True,
+          stop_after_steps: int | None = None) -> dict:
+    """Run training; returns a summary dict. Raises ``NonFiniteLossError`` if the loss diverges.
+
+    ``stop_after_steps`` ends this call after that many steps (a checkpoint written), as an
+    interruption would; ``resume=run_dir`` continues it.
+    """
+    t_start = time.perf_counter()
+    run = setup(cfg, resume=resume, progress=progress)
+    end_step = run.total_steps if stop_after_steps is None else min(run.total_steps,
+                                                                    run.start_step + stop_after_steps)
+    try:
+        loop(run, end_step=end_step, t_start=t_start)
+    except BaseException:
+        run.metrics.close()
+        raise
+    return finish(run, end_step=end_step, t_start=t_start)
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_config_name(argv))
     args = parser.parse_args(argv)
     try:
         _deprecated(args)
@@ -562,10 +736,7 @@ def main(argv=None) -> int:
         parser.error(str(e))
     try:
         train(cfg, resume=args.resume)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
+    except (NonFiniteLossError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # unreachable Hub, missing files (ConnectionError is an OSError)
