@@ -15,13 +15,13 @@ from PIL import Image
 import datasets
 
 from yolo11_jax import data as D
+from yolo11_jax.data.pipeline import MakeSample
 from yolo11_jax.data import (
     SHAPES_CLASS_NAMES,
     DataStats,
     TrainPipeline,
     add_counts,
     eval_batches,
-    stack_examples,
     warn_max_boxes,
     Example,
     build_dataset,
@@ -37,6 +37,14 @@ S = 64  # shapes image side used in most tests (small = fast)
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def stack_examples(examples, *, img_size, max_boxes, letterbox=False):
+    """One batch of the given examples, in order, without augmentation (the pipeline's sample
+    maker, as ``eval_batches`` uses it)."""
+    make = MakeSample(examples, img_size=img_size, max_boxes=max_boxes, letterbox=letterbox)
+    samples = [make((0, i)) for i in range(len(examples))]
+    return {k: np.stack([smp[k] for smp in samples]) for k in samples[0]}
 
 
 def _png(arr_or_img) -> bytes:
@@ -433,26 +441,29 @@ def test_image_without_boxes_kept_or_skipped():
     assert np.all(batch["boxes_cxcywh"][1] == 0) and np.all(batch["labels"][1] == 0)
 
 
-def test_more_boxes_than_max_boxes_warns_with_count():
+def test_more_boxes_than_max_boxes_one_summary_warning():
     img = np.zeros((16, 16, 3), np.uint8)
     boxes = [[0.1 * (i + 1), 0.5, 0.05, 0.05] for i in range(5)]
     exs = [_ex(img, boxes, [0, 1, 2, 3, 4], sid="crowded.png"), _ex(img, boxes[:2], [0, 1])]
-    with pytest.warns(UserWarning, match=r"crowded\.png: 5 boxes > max_boxes=3.*dropping 2") as rec:
-        assert warn_max_boxes(exs, 3) == (1, 2)
-    assert sum("max_boxes" in str(w.message) for w in rec) == 1
+    many = exs + [_ex(img, boxes, [0, 1, 2, 3, 4], sid=f"c{i}.png") for i in range(24)]
+    with pytest.warns(UserWarning) as rec:
+        assert warn_max_boxes(many, 3) == (25, 50)
+    assert len(rec) == 1  # one summary, not one per image
+    msg = str(rec[0].message)
+    assert "25 of 26 images have more than max_boxes=3 boxes: 50 of their boxes" in msg
+    assert "of 127)" in msg and "--max-boxes 8 keeps every box" in msg and "crowded.png (5)" in msg
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # making batches does not warn again; it counts per sample
-        stats = DataStats()
+        warnings.simplefilter("error")
+        assert warn_max_boxes(many, 5) == (0, 0)  # enough: no warning
+        stats = DataStats()  # making batches does not warn again; it counts per sample
         for batch in TrainPipeline(exs, batch_size=2, img_size=16, max_boxes=3, seed=0).dataset(3):
             add_counts(stats, batch)
-    assert stats.boxes_truncated_max_boxes == 3 * 2 and stats.examples_truncated_max_boxes == 3
+    # Per sample, over 3 passes of the 2 images: the units agree.
+    assert stats.samples_made == 6 and stats.sample_boxes == 3 * 7
+    assert stats.boxes_truncated_max_boxes == 3 * 2 and stats.samples_truncated_max_boxes == 3
+    assert "boxes_truncated_max_boxes=6 (28.6%)" in stats.summary()
     batch = stack_examples(exs, img_size=16, max_boxes=3)
     np.testing.assert_array_equal(batch["labels"][0], [0, 1, 2])
-    many = [_ex(img, boxes, [0, 1, 2, 3, 4], sid=f"c{i}.png") for i in range(25)]
-    with pytest.warns(UserWarning) as rec:
-        warn_max_boxes(many, 3)
-    assert len(rec) == 21  # 20 named examples, then one summary
-    assert re.search(r"5 more examples .* \(truncated; 50 boxes dropped in total\)", str(rec[-1].message))
     np.testing.assert_allclose(batch["boxes_cxcywh"][0], np.asarray(boxes[:3], np.float32))
     assert batch["mask"][0].all() and batch["mask"][1].tolist() == [True, True, False]
 

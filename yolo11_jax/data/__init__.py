@@ -22,7 +22,9 @@ Modules: :mod:`.shapes` (embedded synthetic dataset), one reader per format (:mo
 
 from .build import DetectionData, ReadOptions, build_dataset, guess_coco_image_dir, load_examples, resolve_spec
 from .augment import ULTRALYTICS, Augment
-from .pipeline import TrainPipeline, add_counts, eval_batches, stack_examples, warn_max_boxes
+from .box_counts import (MAX_BOXES_CAP, PAD_SIZES, BoxCounts, MaxBoxes, box_counts, cheap_assigner_for, max_boxes_warning,
+                         pad_size, resolve_max_boxes, warn_max_boxes)
+from .pipeline import TrainPipeline, add_counts, eval_batches
 from .shapes import SHAPES_CLASS_NAMES, SHAPES_FEATURES, make_shapes_dataset, render_shapes_image, shapes_source
 from .sources import (
     BBOX_FORMATS,
@@ -47,6 +49,15 @@ from .sources import (
 from .transforms import LETTERBOX_FILL, LetterboxGeometry, letterbox, letterbox_geometry, resize_plain
 
 __all__ = [
+    "MAX_BOXES_CAP",
+    "PAD_SIZES",
+    "BoxCounts",
+    "MaxBoxes",
+    "box_counts",
+    "cheap_assigner_for",
+    "max_boxes_warning",
+    "pad_size",
+    "resolve_max_boxes",
     "Augment",
     "BBOX_FORMATS",
     "Record",
@@ -57,7 +68,6 @@ __all__ = [
     "add_counts",
     "eval_batches",
     "shapes_source",
-    "stack_examples",
     "warn_max_boxes",
     "DataStats",
     "DetectionData",

@@ -38,36 +38,15 @@ import numpy as np
 from PIL import Image
 
 from .augment import Augment, augment_sample, cxcywh_to_xyxy, resize_long_side
-from .records import DataStats, RecordSource, UnreadableImageError
+from .box_counts import trim_boxes, warn_max_boxes
+from .records import SAMPLE_COUNTERS, DataStats, RecordSource, UnreadableImageError
 from .transforms import letterbox as letterbox_image
 from .transforms import resize_plain
 
-_MAX_TRUNCATION_WARNINGS = 20
 _MAX_REPLACEMENT_TRIES = 16
 _CACHE_SIZE = 64  # decoded images a sample maker keeps (mosaic tiles of the current batches)
-COUNTER_KEYS = ("boxes_dropped_augmentation", "boxes_truncated_max_boxes", "examples_truncated_max_boxes",
-                "images_replaced_unreadable")
+COUNTER_KEYS = SAMPLE_COUNTERS
 """Per-sample counters carried in every batch (summed by :func:`add_counts`)."""
-
-
-def warn_max_boxes(source, max_boxes: int) -> tuple[int, int]:
-    """Warn (once per record, up to 20, then a summary) about records with more than
-    ``max_boxes`` boxes, from the index (nothing is decoded). Returns ``(records, boxes over)``."""
-    n_over = n_dropped = n_warned = 0
-    for rec in _records(source):
-        n = rec.num_boxes
-        if n <= max_boxes:
-            continue
-        n_over += 1
-        n_dropped += n - max_boxes
-        if n_warned < _MAX_TRUNCATION_WARNINGS:
-            n_warned += 1
-            warnings.warn(f"{rec.source_id}: {n} boxes > max_boxes={max_boxes}; keeping the first {max_boxes}, "
-                          f"dropping {n - max_boxes}", stacklevel=2)
-    if n_over > n_warned:
-        warnings.warn(f"{n_over - n_warned} more examples have more than max_boxes={max_boxes} boxes "
-                      f"(truncated; {n_dropped} boxes dropped in total)", stacklevel=2)
-    return n_over, n_dropped
 
 
 def _records(source):
@@ -176,8 +155,9 @@ class MakeSample:
         out = {"images": img, "boxes_cxcywh": np.zeros((m, 4), np.float32), "labels": np.zeros((m,), np.int32),
                "mask": np.zeros((m,), bool), "example_index": np.int64(index),
                "boxes_dropped_augmentation": np.int32(removed),
+               "samples_made": np.int32(1), "sample_boxes": np.int32(len(labels)),
                "boxes_truncated_max_boxes": np.int32(len(labels) - k),
-               "examples_truncated_max_boxes": np.int32(len(labels) > m),
+               "samples_truncated_max_boxes": np.int32(len(labels) > m),
                "images_replaced_unreadable": np.int32(replaced)}
         out["boxes_cxcywh"][:k] = np.asarray(boxes, np.float32)[:k]
         out["labels"][:k] = np.asarray(labels)[:k]
@@ -243,11 +223,15 @@ class TrainPipeline:
       epochs: the run's length in epochs (for ``close_mosaic``).
       workers: worker processes (``grain`` ``mp_prefetch``); 0: in this process.
       shard: ``(process_index, process_count)``; default ``grain.sharding.ShardByJaxProcess``.
+      trim_boxes: cut each batch's box padding to the smallest pad size that holds its real
+        boxes (:func:`~yolo11_jax.data.box_counts.trim_boxes`): the step then costs what the
+        batch holds, with one compilation per pad size met. One process only (the processes of a
+        global batch must agree on its shape).
     """
 
     def __init__(self, source, *, batch_size: int, img_size: int, max_boxes: int = 100, seed: int = 0,
                  letterbox: bool = False, augment: Augment = Augment(), epochs: Optional[int] = None,
-                 workers: int = 0, shard: Optional[tuple[int, int]] = None) -> None:
+                 workers: int = 0, shard: Optional[tuple[int, int]] = None, trim_boxes: bool = False) -> None:
         if batch_size < 1 or img_size < 1 or max_boxes < 1:
             raise ValueError(f"batch_size, img_size and max_boxes must be >= 1, got {batch_size}, {img_size}, {max_boxes}")
         if workers < 0:
@@ -258,7 +242,10 @@ class TrainPipeline:
             raise ValueError(f"{len(source)} training examples < batch size {batch_size}: an epoch would have no "
                              "full batch; lower --batch-size")
         shard = _process_shard(batch_size, shard)
+        if trim_boxes and shard[1] > 1:
+            raise ValueError(f"trim_boxes needs one process; this run has {shard[1]} (pass an explicit max_boxes)")
         self.source, self.batch_size, self.workers, self.shard = source, batch_size, workers, shard
+        self.trim_boxes = trim_boxes
         self.make_sample = MakeSample(source, img_size=img_size, max_boxes=max_boxes, letterbox=letterbox,
                                       augment=augment, seed=seed, epochs=epochs)
         self.order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
@@ -273,14 +260,18 @@ class TrainPipeline:
         """The batches of steps ``start_step .. total_steps - 1`` (iterate with ``iter``)."""
         local = self.batch_size // self.shard[1]
         ds = grain.MapDataset.range(start_step * local, total_steps * local).map(self.position).map(self.make_sample)
-        ds = ds.batch(local, drop_remainder=True).to_iter_dataset(_read_options(self.workers))
+        ds = ds.batch(local, drop_remainder=True)
+        if self.trim_boxes:
+            ds = ds.map(trim_boxes)
+        ds = ds.to_iter_dataset(_read_options(self.workers))
         return _worker_processes(ds, self.workers)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """This process's rows of global batch ``step``, made directly (for inspection and tests)."""
         local = self.batch_size // self.shard[1]
         samples = [self.make_sample(self.position(step * local + r)) for r in range(local)]
-        return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+        batch = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+        return trim_boxes(batch) if self.trim_boxes else batch
 
 
 class _EvalSample:
@@ -309,13 +300,6 @@ def eval_batches(source, *, batch_size: int, img_size: int, letterbox: bool = Fa
     ds = grain.MapDataset.range(num_batches * batch_size).map(_EvalSample(source, img_size, max_boxes, letterbox))
     ds = ds.batch(batch_size, drop_remainder=True).to_iter_dataset(_read_options(workers))
     return iter(_worker_processes(ds, workers)), num_batches
-
-
-def stack_examples(examples: Sequence, *, img_size: int, max_boxes: int, letterbox: bool = False) -> dict:
-    """One batch of the given examples, made in this process (no shuffling, no augmentation)."""
-    make = MakeSample(examples, img_size=img_size, max_boxes=max_boxes, letterbox=letterbox)
-    samples = [make((0, i)) for i in range(len(examples))]
-    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
 
 
 # ----------------------------------------------------------------------------- streamed sources

@@ -60,8 +60,18 @@ class Example:
 
 @dataclass
 class DataStats:
-    """Counters of what the readers (when indexing) and the input pipeline (per sample, summed
-    over the batches, from every worker process) did to the data."""
+    """Counters of what was done to the data, in two units that are never mixed:
+
+    * **index** counters (:data:`INDEX_COUNTERS`): counted once per record when the readers
+      index the data (``images_*``, ``boxes_seen`` ... ``iscrowd_skipped``);
+    * **sample** counters (:data:`SAMPLE_COUNTERS`): counted per sample the input pipeline makes,
+      summed over every batch of every pass and every worker process: ``samples_made``,
+      ``sample_boxes`` (the boxes of those samples before padding, after augmentation), and
+      what was dropped from them (``boxes_dropped_augmentation``, ``boxes_truncated_max_boxes``,
+      ``samples_truncated_max_boxes``, ``images_replaced_unreadable``).
+
+    :meth:`summary` prints the two groups apart, with the sample counters' share of
+    ``sample_boxes`` and the number of passes over the index they span."""
 
     images_seen: int = 0
     images_kept: int = 0
@@ -74,9 +84,11 @@ class DataStats:
     boxes_clipped: int = 0
     boxes_dropped_outside: int = 0
     iscrowd_skipped: int = 0
-    boxes_truncated_max_boxes: int = 0
-    examples_truncated_max_boxes: int = 0
+    samples_made: int = 0
+    sample_boxes: int = 0
     boxes_dropped_augmentation: int = 0
+    boxes_truncated_max_boxes: int = 0
+    samples_truncated_max_boxes: int = 0
     images_replaced_unreadable: int = 0
 
     def merge(self, other: "DataStats") -> "DataStats":
@@ -89,12 +101,32 @@ class DataStats:
         return dataclasses.asdict(self)
 
     def summary(self) -> str:
-        """One-line human-readable summary (non-zero counters only, plus the totals)."""
+        """One line: the index counters (once per image) and, if any sample was made, the sample
+        counters (per sample, summed over passes), each non-zero one, plus the totals."""
+        d = self.as_dict()
         always = ("images_seen", "images_kept", "boxes_kept")
-        parts = [
-            f"{k}={v}" for k, v in self.as_dict().items() if v or k in always
-        ]
-        return "DataStats(" + ", ".join(parts) + ")"
+        index = ", ".join(f"{k}={d[k]}" for k in INDEX_COUNTERS if d[k] or k in always)
+        text = f"DataStats(index, once per image: {index}"
+        if self.samples_made:
+            passes = self.samples_made / self.images_kept if self.images_kept else float("nan")
+            parts = [f"samples_made={self.samples_made} ({passes:.2f} passes)", f"sample_boxes={self.sample_boxes}"]
+            for k in SAMPLE_COUNTERS[2:]:
+                if d[k]:
+                    base = self.samples_made if k.startswith(("samples", "images")) else self.sample_boxes
+                    parts.append(f"{k}={d[k]} ({d[k] / max(base, 1):.1%})")
+            text += "; pipeline, per sample over all passes: " + ", ".join(parts)
+        return text + ")"
+
+
+INDEX_COUNTERS: tuple[str, ...] = ("images_seen", "images_kept", "images_skipped_unreadable", "images_skipped_empty",
+                                   "images_empty_kept", "boxes_seen", "boxes_kept", "boxes_dropped_degenerate",
+                                   "boxes_clipped", "boxes_dropped_outside", "iscrowd_skipped")
+"""Counted once per record, when the data is indexed."""
+
+SAMPLE_COUNTERS: tuple[str, ...] = ("samples_made", "sample_boxes", "boxes_dropped_augmentation",
+                                    "boxes_truncated_max_boxes", "samples_truncated_max_boxes",
+                                    "images_replaced_unreadable")
+"""Counted per sample the pipeline makes (carried in every batch, summed over the run)."""
 
 
 @dataclass
