@@ -185,7 +185,8 @@ def _load_pt(path: Path, *, model_name: str | None, num_classes: int | None) -> 
 
 def add_model_arguments(ap, *, required: bool = True) -> None:
     """The options of ``evaluate`` and ``predict`` that choose the model: ``--run`` or
-    ``--weights`` (one is required), ``--model``, ``--num-classes``, ``--img-size``, ``--letterbox``."""
+    ``--weights`` (one is required), ``--model``, ``--num-classes``. (The image size, resize
+    mode and NMS settings are :class:`InferenceOptions`, see :func:`add_inference_arguments`.)"""
     from yolo11_jax.presets import PRESETS
 
     src = ap.add_mutually_exclusive_group(required=required)
