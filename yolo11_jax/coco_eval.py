@@ -277,3 +277,22 @@ def format_table(results: dict, *, skip_empty: bool = False) -> str:
     for r in rows:
         lines.append(f"{r['name']:<{name_w}}  {r['num_gt']:>7d}  {r['num_det']:>8d}  {_fmt(r['AP50'])}  {_fmt(r['AP'])}")
     return "\n".join(lines)
+
+
+def select_classes(results: dict, class_ids: Sequence[int]) -> dict:
+    """:meth:`CocoEvaluator.compute`'s result restricted to the model classes ``class_ids`` (the
+    classes a dataset's labels were mapped onto, in the data's order): ``per_class`` lists only
+    those, and ``num_gt`` / ``num_det`` count only theirs. The mAP, AP50 and AP75 are unchanged:
+    pycocotools already averages over the classes that have ground truth, which are among these.
+
+    Raises:
+      ValueError: a class outside ``class_ids`` has ground truth (its AP would be in the mAP).
+    """
+    chosen = [int(c) for c in class_ids]
+    by_id = {r["class_id"]: r for r in results["per_class"]}
+    stray = [r["name"] for r in results["per_class"] if r["num_gt"] and r["class_id"] not in set(chosen)]
+    if stray:
+        raise ValueError(f"classes {stray} have ground truth but are not among the selected classes {chosen}")
+    rows = [by_id[c] for c in chosen]
+    return {**results, "per_class": rows, "num_gt": sum(r["num_gt"] for r in rows),
+            "num_det": sum(r["num_det"] for r in rows), "classes_scored": chosen}

@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 
 from yolo11_jax import inference
-from yolo11_jax.coco_eval import format_table
+from yolo11_jax.class_names import match_class_names, parse_class_map, remap_source
+from yolo11_jax.coco_eval import format_table, select_classes
 from yolo11_jax.data import BBOX_FORMATS, build_dataset
 
 # (The library behind this command is yolo11_jax.inference.)
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bbox convention of Hugging Face data (default: the run's, else the data's own)")
     ap.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     ap.add_argument("--max-samples", type=int, help="evaluate at most this many images")
+    ap.add_argument("--class-map", help="how the data's classes meet the model's when their names differ: "
+                    "'position' (data label i is model class i), or 'data name=model name,...' pairs; default: "
+                    "by name, an error listing both sets when a data name is not the model's")
     inference.add_inference_arguments(ap)
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     return ap
@@ -76,21 +80,28 @@ def main(argv=None) -> int:
         print(f"{data_spec!r} ({split}): {len(data.examples)} images; {data.stats.summary()}", file=sys.stderr)
         # The model's class names (the run's, a .pt's), else the data's when they are as many.
         names = next((n for n in (loaded.class_names, data.class_names) if n and len(n) == loaded.num_classes), None)
+        # The data's labels onto the model's classes: by name when both have names (class_names.py).
+        match = match_class_names(loaded.class_names, data.class_names, num_model_classes=loaded.num_classes,
+                                  class_map=parse_class_map(args.class_map))
+        print(match.describe(), file=sys.stderr)
+        examples = remap_source(data.examples, match)
         if rect:  # as predict runs it, boxes in each image's own pixels
             detector = inference.Detector(loaded.model, conf_threshold=opts.conf_threshold,
                                           iou_threshold=opts.iou_threshold, max_det=opts.max_det,
                                           class_offset=opts.nms_class_offset, batch_size=args.batch_size)
-            results = inference.evaluate_original_frame(detector, data.examples, opts,
+            results = inference.evaluate_original_frame(detector, examples, opts,
                                                         num_classes=loaded.num_classes, class_names=names,
                                                         batch_size=args.batch_size)
             print(f"compiled {len(detector.compiled)} input shape(s) (batch x height x width): "
                   + ", ".join(f"{b}x{h}x{w}" for b, h, w in detector.compiled), file=sys.stderr)
         else:  # in the network's input frame, as training scores it
             results = evaluate_examples(inference.eval_graphdef(loaded.model), inference.model_states(loaded.model),
-                                        data.examples, num_classes=loaded.num_classes, img_size=img_size,
+                                        examples, num_classes=loaded.num_classes, img_size=img_size,
                                         batch_size=args.batch_size, letterbox=letterbox, class_names=names,
                                         conf_threshold=opts.conf_threshold, iou_threshold=opts.iou_threshold,
                                         max_det=opts.max_det, class_offset=opts.nms_class_offset)
+        if not match.is_identity:  # only the classes the data's labels map to
+            results = select_classes(results, match.scored_classes)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

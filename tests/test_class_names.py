@@ -1,0 +1,184 @@
+"""Class names that must agree (yolo11_jax/class_names.py): matching, the COCO json reader's
+categories, evaluation mapped by name (library and command), and keeping class rows when
+fine-tuning."""
+
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from yolo11_jax import convert, evaluate
+from yolo11_jax.class_names import (BY_NAME, BY_POSITION, EXPLICIT, IDENTICAL, ClassNameMismatch, class_rows_state_dict,
+                                    keep_class_rows, match_class_names, parse_class_map, remap_source)
+from yolo11_jax.coco_eval import CocoEvaluator, select_classes
+from yolo11_jax.data import build_dataset, coco_categories
+from yolo11_jax.presets import build_model
+
+MODEL_NAMES = ["person", "bicycle", "car", "dog", "traffic_light"]
+# A subset of the model's names, in another order, with other ids: gaps, not starting at 0 or 1,
+# a name with a space where the model writes an underscore.
+CATEGORIES = [{"id": 12, "name": "car"}, {"id": 3, "name": "person"}, {"id": 7, "name": "traffic light"}]
+BY_HAND = {3: 0, 7: 4, 12: 2}  # json category id -> model class, written out
+
+
+def test_match_kinds():
+    assert match_class_names(MODEL_NAMES, MODEL_NAMES).kind == IDENTICAL
+    m = match_class_names(MODEL_NAMES, ["traffic-light", "Car"])
+    assert (m.kind, m.data_to_model) == (BY_NAME, (4, 2))
+    assert "mapped by name" in m.describe() and "Car->car (2)" in m.describe()
+    with pytest.raises(ClassNameMismatch) as err:
+        match_class_names(MODEL_NAMES, ["car", "zebra"])
+    msg = str(err.value)
+    assert "['zebra'] not found" in msg and str(MODEL_NAMES) in msg and "['car', 'zebra']" in msg
+    assert "--class-map position" in msg
+    pos = match_class_names(MODEL_NAMES, ["car", "zebra"], class_map="position")
+    assert (pos.kind, pos.data_to_model) == (BY_POSITION, (0, 1))
+    ex = match_class_names(MODEL_NAMES, ["car", "zebra"], class_map=parse_class_map("zebra=dog"))
+    assert (ex.kind, ex.data_to_model) == (EXPLICIT, (2, 3))
+    with pytest.raises(ClassNameMismatch, match="cannot be paired by position"):
+        match_class_names(MODEL_NAMES[:1], ["car", "zebra"], class_map="position")
+    with pytest.raises(ClassNameMismatch, match="twice"):
+        match_class_names(MODEL_NAMES, ["car", "Car"])
+    with pytest.raises(ValueError, match="expected 'position'"):
+        parse_class_map("car")
+    assert match_class_names(None, ["a", "b"]).data_to_model == (0, 1)
+
+
+def _coco_folder(tmp_path, categories, n_images=4, size=64):
+    rng = np.random.default_rng(0)
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    images, anns = [], []
+    for i in range(n_images):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(img_dir / f"im{i}.png")
+        images.append({"id": 100 + i, "file_name": f"im{i}.png", "width": size, "height": size})
+        for k in range(3):
+            cat = categories[(i + k) % len(categories)]["id"]
+            x, y = 4 + 18 * k, 6 + 10 * (i % 3)
+            anns.append({"id": len(anns) + 1, "image_id": 100 + i, "category_id": cat, "bbox": [x, y, 16, 20],
+                         "iscrowd": 0, "area": 320})
+    path = tmp_path / "instances_val.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    return path, img_dir, anns
+
+
+def test_coco_json_categories_as_given(tmp_path):
+    path, img_dir, anns = _coco_folder(tmp_path, CATEGORIES)
+    id_to_label, names = coco_categories(path)
+    assert names == ["person", "traffic light", "car"] and id_to_label == {3: 0, 7: 1, 12: 2}
+    data = build_dataset(str(path), image_dir=img_dir, split="val", img_size=None)
+    assert data.class_names == names and data.stats.boxes_kept == len(anns)
+    labels = np.concatenate([r.labels for r in data.examples.records])
+    expected = [id_to_label[a["category_id"]] for a in anns]
+    np.testing.assert_array_equal(labels, expected)
+
+
+def _detections_from(gt_labels_model, gt_boxes, rng):
+    """Detections in model class ids: each box jittered, plus a wrong-class duplicate."""
+    boxes, scores, classes = [], [], []
+    for (cx, cy, w, h), c in zip(gt_boxes, gt_labels_model):
+        j = rng.normal(0, 0.01, 4)
+        b = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]) * 64 + j * 64
+        boxes += [b, b + 1.0]
+        scores += [rng.uniform(0.3, 0.9), rng.uniform(0.05, 0.5)]
+        classes += [c, (c + 1) % len(MODEL_NAMES)]
+    return np.array(boxes), np.array(scores), np.array(classes)
+
+
+def test_evaluation_mapped_by_name_equals_remapping_by_hand(tmp_path):
+    path, img_dir, anns = _coco_folder(tmp_path, CATEGORIES)
+    data = build_dataset(str(path), image_dir=img_dir, split="val", img_size=None)
+    match = match_class_names(MODEL_NAMES, data.class_names)
+    assert match.kind == BY_NAME and match.data_to_model == (0, 4, 2)
+    mapped = remap_source(data.examples, match)
+    rng = np.random.default_rng(1)
+    by_name, by_hand = CocoEvaluator(5, MODEL_NAMES), CocoEvaluator(5, MODEL_NAMES)
+    anns_by_image = {}
+    for a in anns:
+        anns_by_image.setdefault(a["image_id"], []).append(a)
+    for k, rec in enumerate(mapped.records):
+        gt = rec.boxes_cxcywh
+        det_b, det_s, det_c = _detections_from(rec.labels, gt, rng)
+        args = (det_b[None], det_s[None], det_c[None], np.ones((1, len(det_s)), bool), 64)
+        by_name.add_batch(gt[None], rec.labels[None], np.ones((1, len(gt)), bool), *args)
+        hand_labels = np.array([BY_HAND[a["category_id"]] for a in anns_by_image[100 + k]])
+        by_hand.add_batch(gt[None], hand_labels[None], np.ones((1, len(gt)), bool), *args)
+    r_name = select_classes(by_name.compute(), match.scored_classes)
+    r_hand = by_hand.compute()
+    assert 0 < r_name["mAP"] < 1 and r_name["mAP"] == r_hand["mAP"] and r_name["AP50"] == r_hand["AP50"]
+    assert [r["name"] for r in r_name["per_class"]] == ["person", "traffic_light", "car"]
+    assert r_name["num_gt"] == len(anns) and r_name["num_det"] < r_hand["num_det"]  # only the mapped classes
+    with pytest.raises(ValueError, match="have ground truth but are not among"):
+        select_classes(r_hand, [0])
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    model = build_model("tiny", num_classes=5, rngs=nnx.Rngs(0))
+    convert.save_safetensors(model, str(path), metadata={"model": "tiny", "num_classes": "5",
+                                                         "class_names": json.dumps(MODEL_NAMES)})
+    return path
+
+
+def test_evaluate_command_maps_by_name(tmp_path, tiny_weights, capsys):
+    path, img_dir, anns = _coco_folder(tmp_path, CATEGORIES, n_images=2)
+    base = ["--weights", str(tiny_weights), "--img-size", "64", "--image-dir", str(img_dir), "--batch-size", "2"]
+    assert evaluate.main(base + ["--data", str(path), "--json", str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr()
+    assert "3 data classes mapped by name onto the model's 5" in out.err
+    table_names = [ln.split()[0] for ln in out.out.splitlines()[3:] if ln.strip() and not ln.startswith("mAP")]
+    assert table_names == ["person", "traffic_light", "car"]
+    # The same data written with the model's own ids, by hand: the same mAP.
+    by_hand = json.loads(path.read_text())
+    by_hand["categories"] = [{"id": j, "name": n} for j, n in enumerate(MODEL_NAMES)]
+    for a in by_hand["annotations"]:
+        a["category_id"] = BY_HAND[a["category_id"]]
+    hand_path = tmp_path / "hand.json"
+    hand_path.write_text(json.dumps(by_hand))
+    assert evaluate.main(base + ["--data", str(hand_path), "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["mAP"] == b["mAP"] and a["AP50"] == b["AP50"]
+
+
+def test_evaluate_command_names_not_the_models(tmp_path, tiny_weights, capsys):
+    path, img_dir, _ = _coco_folder(tmp_path, [{"id": 1, "name": "zebra"}, {"id": 2, "name": "car"}], n_images=2)
+    base = ["--weights", str(tiny_weights), "--img-size", "64", "--image-dir", str(img_dir), "--data", str(path)]
+    assert evaluate.main(base) == 2
+    err = capsys.readouterr().err
+    assert "['zebra'] not found" in err and "['zebra', 'car']" in err and str(MODEL_NAMES) in err
+    assert evaluate.main(base + ["--class-map", "position"]) == 0
+    assert "paired by position" in capsys.readouterr().err
+
+
+def test_class_rows_kept_for_shared_names():
+    rng = np.random.default_rng(0)
+    ckpt = {"h.0.weight": rng.normal(size=(4, 8, 1, 1)), "h.0.bias": rng.normal(size=4),
+            "h.1.weight": rng.normal(size=(4, 6, 1, 1)), "h.1.bias": rng.normal(size=4)}
+    target = {"h.0.weight": np.zeros((3, 8, 1, 1)), "h.0.bias": np.zeros(3),
+              "h.1.weight": np.zeros((3, 5, 1, 1)), "h.1.bias": np.zeros(3)}
+    out, written, skipped = class_rows_state_dict(target, ckpt, ["h.0.", "h.1."], [(0, 2), (2, 1)])
+    assert written == ["h.0."] and "takes 6 inputs in the checkpoint, 5 here" in skipped[0]
+    np.testing.assert_array_equal(out["h.0.weight"][0], ckpt["h.0.weight"][2])
+    np.testing.assert_array_equal(out["h.0.weight"][2], ckpt["h.0.weight"][1])
+    assert not out["h.0.weight"][1].any() and out["h.0.bias"].tolist() == [ckpt["h.0.bias"][2], 0, ckpt["h.0.bias"][1]]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "yolo11n"])
+def test_keep_class_rows_on_a_model(preset):
+    old = build_model(preset, num_classes=5, rngs=nnx.Rngs(1))
+    sd = convert.to_state_dict(old)
+    new = build_model(preset, num_classes=3, rngs=nnx.Rngs(2))
+    report = convert.load_pretrained(new, sd)
+    assert report.reinitialized
+    kept = keep_class_rows(new, sd, MODEL_NAMES, ["dog", "zebra", "person"])
+    assert kept.pairs == ((0, 3), (2, 0)) and "2 shared classes (dog, person)" in kept.summary(["dog", "zebra", "person"])
+    after = convert.to_state_dict(new)
+    for p in new.class_output_prefixes():
+        if p in kept.layers:
+            np.testing.assert_array_equal(after[p + "weight"][0], sd[p + "weight"][3])
+            np.testing.assert_array_equal(after[p + "bias"][2], sd[p + "bias"][0])
+    # yolo11n's class branch is max(64, min(nc, 100)) wide: 64 at 3 and at 5 classes, so its rows are kept
+    assert len(kept.layers) == len(new.class_output_prefixes()) and not kept.skipped
