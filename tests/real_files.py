@@ -134,7 +134,22 @@ PHOTOS: list[RealFile] = [
              "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179", "photo", "741x500: a motorcycle"),
 ]
 
-DATASETS: list[RealFile] = []
+DATASETS: list[RealFile] = [
+    # DeepForest 2.1.0 (MIT): NEON aerial orthophotos, 400 x 400 px, with hand-drawn tree-crown boxes
+    # (CSV: image_path, xmin, ymin, xmax, ymax, label; pixels). Many boxes per image.
+    RealFile("deepforest_osbs029_png", "deepforest==2.1.0", "deepforest/data/OSBS_029.png",
+             "d9477c6a00e4902c7bee487d4c5582c3b8b9a2f77f3908a29628b816b291e6ee", "dataset",
+             "aerial photo, 400x400 RGB (its labels: deepforest_osbs029_csv)"),
+    RealFile("deepforest_osbs029_csv", "deepforest==2.1.0", "deepforest/data/OSBS_029.csv",
+             "83ecd1fb6339eb0997c5a543300295fdd6e0d23c943f50429eb82d149905adba", "dataset",
+             "61 boxes, one class 'Tree' (rows name OSBS_029.tif, the same scene as the .png)"),
+    RealFile("deepforest_soap061_png", "deepforest==2.1.0", "deepforest/data/SOAP_061.png",
+             "256508f1a62149bec4a80879077a865caf50e8cace095e6564c76befa480d424", "dataset",
+             "aerial photo, 400x400 RGB (its labels: deepforest_soap061_csv)"),
+    RealFile("deepforest_soap061_csv", "deepforest==2.1.0", "deepforest/data/testfile_multi.csv",
+             "f334c424bb3ad6eaec7ef245b80e038e401875d18b13bc280200038075d215f5", "dataset",
+             "37 boxes of SOAP_061.png, two classes 'Dead' and 'Alive'"),
+]
 
 
 def all_files() -> list[RealFile]:
