@@ -1,17 +1,11 @@
 """Test configuration and fixtures. Parity tests run in float32 on the CPU; shared helpers are in
 ``tests/helpers.py``."""
 
-import os
-
 import jax
 import pytest
 import torch
 
 from tests.helpers import XLA_CACHE_DIR
-
-# Training runs (train_config's --compile-cache-dir default) use the same cache as the session,
-# not the user's cache directory; subprocesses inherit it.
-os.environ.setdefault("YOLO11_JAX_COMPILE_CACHE", XLA_CACHE_DIR)
 
 jax.config.update("jax_default_matmul_precision", "highest")
 # Several tests compile the same programs again (each train() run builds its own jitted
@@ -26,3 +20,11 @@ torch.backends.cuda.matmul.allow_tf32 = False
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``multiprocess`` and ``network`` tests are slow too: ``-m "not slow"`` (the fast tier) leaves
+    them out, and ``-m "not network"`` leaves out only those."""
+    for item in items:
+        if item.get_closest_marker("multiprocess") or item.get_closest_marker("network"):
+            item.add_marker(pytest.mark.slow)

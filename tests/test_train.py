@@ -11,9 +11,9 @@ import pytest
 import reference_torch as R
 from yolo11_jax.configs import CONFIGS, TrainConfig, named_config
 from yolo11_jax.train import NonFiniteLossError, build_parser, train
-from tests.helpers import subprocess_env
+from tests.helpers import XLA_CACHE_DIR, subprocess_env
 
-SMOKE = dict(val_split=None, eval_every_epochs=0, workers=1)
+SMOKE = dict(val_split=None, eval_every_epochs=0, workers=1, compile_cache_dir=XLA_CACHE_DIR)
 SMOKE_STEPS_PER_EPOCH = 8  # 64 images, batch 8
 
 

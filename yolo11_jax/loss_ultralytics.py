@@ -34,7 +34,7 @@ are float64 (JAX x64 enabled).
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

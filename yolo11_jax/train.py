@@ -61,7 +61,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from yolo11_jax import convert, inference, options as C, parallel, plots, recipes
+from yolo11_jax import compile_cache, convert, inference, options as C, parallel, plots, recipes
 from yolo11_jax.data import TrainPipeline, add_counts, build_dataset, warn_max_boxes
 from yolo11_jax.data.pipeline import COUNTER_KEYS, StreamPipeline, StreamSource
 from yolo11_jax.ema import eval_variables
@@ -366,6 +366,7 @@ class Run:
     evals: list = dataclasses.field(default_factory=list)
     epoch_rows: list = dataclasses.field(default_factory=list)   # host metrics of the current epoch
     timing: dict = dataclasses.field(default_factory=dict)       # compile, first step, step-only throughput
+    compile_cache_dir: Optional[str] = None                      # the persistent compilation cache in use
 
 
 # ----------------------------------------------------------------------------- setup
@@ -467,7 +468,8 @@ def _write_config(run: Run, opt: recipes.OptimizerSetup) -> None:
     resolved = dict(steps_per_epoch=run.steps_per_epoch, total_steps=run.total_steps,
                     augment=dataclasses.asdict(recipes.augmentation(run.cfg)), optimizer_info=dict(opt.info),
                     loss_scale=opt.loss_scale, devices=int(run.mesh.devices.size),
-                    platform=run.mesh.devices.flat[0].platform, processes=jax.process_count())
+                    platform=run.mesh.devices.flat[0].platform, processes=jax.process_count(),
+                    compile_cache_dir=run.compile_cache_dir)
     (run.run_dir / "config.json").write_text(
         json.dumps({**dataclasses.asdict(run.cfg), "resolved": resolved}, indent=1, default=str))
 
@@ -491,8 +493,8 @@ def setup(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     """Everything before the first step: checks, devices, data, model, the recipe's loss and
     optimizer, the jitted step, checkpoints (restored with ``resume``), ``config.json``."""
     check_config(cfg)
-    from yolo11_jax import compile_cache
-    compile_cache.enable(cfg.compile_cache_dir or None)
+    cache_dir = compile_cache.enable(compile_cache.default_cache_dir() if cfg.compile_cache_dir == "default"
+                                     else cfg.compile_cache_dir)
     parallel.initialize_distributed(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
     primary = parallel.is_primary()  # only process 0 logs and writes files (Orbax: all take part)
     mesh = parallel.make_mesh(cfg.devices)
@@ -524,6 +526,7 @@ def setup(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
               data_iterator=iter(pipeline.dataset(total_steps)), steps_per_epoch=steps_per_epoch,
               total_steps=total_steps, model=model, eval_graphdef=eval_graphdef, state=state, train_step=train_step,
               lr_fn=opt.lr_fn, mngr=checkpoint_manager(run_dir, cfg.keep_checkpoints), metrics=MetricsWriter(None))
+    run.compile_cache_dir = cache_dir
     if resume is not None:
         _restore(run, resume)
     if primary:

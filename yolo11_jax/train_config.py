@@ -20,7 +20,6 @@ a *network* (``notebook``, ``small``, ``tiny``, ``yolo11n`` ...). The notebook's
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Optional
 
 import jax.numpy as jnp
@@ -44,13 +43,6 @@ def _registered(table_name: str):
     return check
 
 
-def default_compile_cache_dir() -> str:
-    """``$YOLO11_JAX_COMPILE_CACHE``, else ``$XDG_CACHE_HOME/yolo11_jax/xla``, else
-    ``~/.cache/yolo11_jax/xla``."""
-    if "YOLO11_JAX_COMPILE_CACHE" in os.environ:
-        return os.environ["YOLO11_JAX_COMPILE_CACHE"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "yolo11_jax", "xla")
 
 
 def _model_help() -> str:
@@ -173,9 +165,10 @@ class TrainConfig:
                         "recommended on GPU)", choices=tuple(DTYPES))
     conv_impl: str = option("lax", "convolution kernels: lax (XLA's; every JAX transformation works) or cpu_taps "
                             "(faster on CPU, no forward-mode autodiff; yolo11_jax/kernels.py)", choices=CONV_IMPLS)
-    compile_cache_dir: str = option(default_compile_cache_dir(), "JAX's persistent compilation cache, so that a "
-                                    "second run of a configuration compiles nothing ($YOLO11_JAX_COMPILE_CACHE, else "
-                                    "~/.cache/yolo11_jax/xla); '' switches it off", metavar="DIR")
+    compile_cache_dir: str = option("default", "directory of JAX's persistent compilation cache, so that a second "
+                                    "run of a configuration compiles nothing; default: $YOLO11_JAX_COMPILE_CACHE, else "
+                                    "$XDG_CACHE_HOME/yolo11_jax/xla, else ~/.cache/yolo11_jax/xla (config.json's "
+                                    "resolved values name the folder used); '' switches it off", metavar="DIR")
     step_timing_steps: int = option(3, "time this many train steps on one batch already in memory after "
                                     "compiling (step-only throughput, against which the loop's end-to-end throughput "
                                     "shows the input path's cost; 0: off)", check=at_least(0))
