@@ -88,3 +88,75 @@ def test_evaluate_cli_bad_input_is_a_message_not_a_traceback(run_dir, tmp_path, 
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_official_weights_equals_pycocotools_on_the_yardstick_predictions(tmp_path, capsys):
+    """``evaluate --weights yolo11n.pt`` on a small labelled COCO-JSON set of real photos (labels
+    made from the recorded detections, each side moved by up to 15% of the box and one in four dropped, so that
+    the mAP is neither 0 nor 1) gives the mAP pycocotools gives on the predictions of the
+    torch/OpenCV yardstick of Ultralytics' pipeline (conf 0.001), within 0.002."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from reference_torch import ultralytics_predict as ref
+    from reference_torch.yolo11 import YOLO11
+    from tests.real_files import PHOTOS, real_file
+    from yolo11_jax.coco_eval import CocoEvaluator
+    from yolo11_jax.letterbox import read_image_rgb
+    from yolo11_jax.ultralytics_pt import read_ultralytics
+
+    pt = real_file("yolo11n_official")
+    fixture = json.loads((__import__("pathlib").Path(__file__).parent / "data" / "predict_yolo11n_official.json")
+                         .read_text())
+    state_dict, info = read_ultralytics(pt)
+    names = info["class_names"]
+    images, annotations, rng = [], [], np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for k, rec in enumerate(fixture["photos"], 1):
+        src = real_file(rec["photo"])
+        shutil.copy(src, tmp_path / "images" / src.name)
+        images.append({"id": k, "file_name": src.name, "width": rec["width"], "height": rec["height"]})
+        for j, d in enumerate(rec["detections"]):
+            if j % 4 == 3:
+                continue
+            box = np.asarray(d["box_xyxy"])
+            size = np.tile(box[2:] - box[:2], 2)
+            x1, y1, x2, y2 = np.clip(box + rng.uniform(-0.15, 0.15, 4) * size, 0, [rec["width"], rec["height"]] * 2)
+            annotations.append({"id": len(annotations) + 1, "image_id": k, "category_id": d["class_id"] + 1,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    out = tmp_path / "metrics.json"
+    rc = main(["--weights", str(pt), "--data", str(ann), "--image-dir", str(tmp_path / "images"),
+               "--batch-size", "4", "--json", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "resize rect" in err and "conf 0.001" in err
+    got = json.loads(out.read_text())
+
+    net = YOLO11("n", 80)
+    net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()})
+    net.eval()
+    evaluator = CocoEvaluator(80, names, max_dets=100)
+    by_id = {a["image_id"]: [] for a in annotations}
+    for a in annotations:
+        by_id[a["image_id"]].append(a)
+    for img in images:
+        rgb = read_image_rgb(tmp_path / "images" / img["file_name"])
+        det = ref.predict(net, np.ascontiguousarray(rgb[..., ::-1]), imgsz=640, conf=0.001)
+        h, w = rgb.shape[:2]
+        gts = by_id.get(img["id"], [])
+        gt = np.array([[(x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h] for x, y, bw, bh in
+                       (a["bbox"] for a in gts)]).reshape(1, -1, 4)
+        labels = np.array([a["category_id"] - 1 for a in gts]).reshape(1, -1)
+        k = len(det["scores"])
+        evaluator.add_batch(gt, labels, np.ones(labels.shape, bool), det["boxes_xyxy"][None], det["scores"][None],
+                            det["classes"][None], np.ones((1, k), bool), [(h, w)])
+    want = evaluator.compute()
+    assert 0.1 < want["mAP"] < 0.9, want["mAP"]
+    for key in ("mAP", "AP50", "AP75"):
+        assert abs(got[key] - want[key]) <= 0.002, (key, got[key], want[key])

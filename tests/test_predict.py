@@ -440,3 +440,46 @@ def _write_fixture() -> None:
 
 if __name__ == "__main__":
     _write_fixture()
+
+
+# ----------------------------------------------------------------------------- defaults
+
+
+def _loaded(source, config):
+    from yolo11_jax.inference import LoadedModel
+
+    return LoadedModel(None, "m", 80, None, config, __import__("pathlib").Path(source))
+
+
+def test_defaults_follow_the_weights_and_the_command_line_wins(tmp_path):
+    from yolo11_jax.inference import resolve_inference_options as resolve
+
+    ultra = _loaded("x.pt", {"origin": "ultralytics", "imgsz": 320})
+    o = resolve(ultra, {}, conf_threshold=0.25)
+    assert (o.img_size, o.resize, o.conf_threshold, o.iou_threshold, o.max_det, o.nms_class_offset) == \
+        (320, "rect", 0.25, 0.7, 300, 7680.0)
+    assert resolve(_loaded("x.pt", {"imgsz": 1000}), {}, conf_threshold=0.001).img_size == 1024  # up to x32
+    assert resolve(_loaded("x.pt", {}), {}, conf_threshold=0.001).img_size == 640  # no train_args imgsz
+    o = resolve(ultra, {"resize": "plain", "conf_threshold": 0.5, "img_size": 96, "nms_class_offset": 0.0},
+                conf_threshold=0.25)
+    assert (o.img_size, o.resize, o.conf_threshold, o.nms_class_offset) == (96, "plain", 0.5, 0.0)
+    # the project's runs predict as trained
+    o = resolve(_loaded(tmp_path / "w.safetensors", {"img_size": 128, "letterbox": True}), {}, conf_threshold=0.25)
+    assert (o.img_size, o.resize, o.nms_class_offset) == (128, "letterbox", 0.0)
+    o = resolve(_loaded(tmp_path / "w.safetensors", {}), {}, conf_threshold=0.001)
+    assert (o.img_size, o.resize, o.conf_threshold) == (640, "plain", 0.001)
+
+
+def test_a_safetensors_converted_from_ultralytics_gets_ultralytics_defaults(tmp_path):
+    from yolo11_jax.inference import resolve_inference_options, weights_origin
+
+    model = build_model("tiny", num_classes=4, rngs=nnx.Rngs(0))
+    for meta, want in (({"origin": "ultralytics", "imgsz": "[480, 640]"}, (True, 640)),
+                       ({"ultralytics_version": "8.2.100"}, (True, None)),  # converted before 'origin' was written
+                       ({"source": "best.pt"}, (True, None)),
+                       ({"model": "tiny"}, (False, None))):
+        path = tmp_path / "w.safetensors"
+        convert.save_safetensors(model, path, metadata=meta)
+        loaded = _loaded(path, {})
+        assert weights_origin(loaded) == want, meta
+        assert resolve_inference_options(loaded, {}, conf_threshold=0.25).resize == ("rect" if want[0] else "plain")

@@ -245,47 +245,31 @@ def add_inference_arguments(ap) -> None:
 
 def weights_origin(loaded: LoadedModel) -> tuple[bool, int | None]:
     """``(from Ultralytics, its training image size)`` of the loaded weights: an Ultralytics
-    ``.pt``, or a ``.safetensors`` whose metadata says it was converted from one (``origin``,
-    ``ultralytics_version`` or a ``source`` ending in ``.pt``). The image size is the
-    checkpoint's ``train_args.imgsz`` when the loader or the metadata recorded it, else ``None``."""
+    ``.pt`` (the loader records ``origin`` and ``imgsz``, the checkpoint's ``train_args.imgsz``),
+    or a ``.safetensors`` converted from one (its metadata's ``origin`` and ``imgsz``; files
+    converted before ``origin`` was written are known by ``ultralytics_version`` or a ``source``
+    ending in ``.pt``). The image size is ``None`` when nothing recorded it."""
     cfg = loaded.config or {}
     meta = safetensors_metadata(loaded.source) if loaded.source.suffix == ".safetensors" else {}
-    from_pt = loaded.source.suffix == ".pt" or cfg.get("origin") == "ultralytics" or any(
-        meta.get(k) for k in ("ultralytics_version",)) or meta.get("origin") == "ultralytics" or str(
-        meta.get("source", "")).endswith(".pt")
+    from_pt = (loaded.source.suffix == ".pt" or "ultralytics" in (cfg.get("origin"), meta.get("origin"))
+               or bool(meta.get("ultralytics_version")) or str(meta.get("source", "")).endswith(".pt"))
     if not from_pt:
         return False, None
     imgsz = cfg.get("imgsz", meta.get("imgsz"))
-    if imgsz is None and loaded.source.suffix == ".pt":
-        imgsz = pt_train_imgsz(loaded.source)
     try:
         imgsz = json.loads(imgsz) if isinstance(imgsz, str) else imgsz
-        imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz
+        imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz  # [h, w]: the long side
         return True, int(imgsz) if imgsz else None
     except (TypeError, ValueError):
         return True, None
-
-
-def pt_train_imgsz(path: Path) -> int | list | None:
-    """``train_args["imgsz"]`` of an Ultralytics checkpoint (read by the restricted reader), or None."""
-    from yolo11_jax.ultralytics_pt import load_pickle
-
-    try:
-        obj, _ = load_pickle(path)
-    except Exception:  # noqa: BLE001 - the loader has already read the file; this is only a default
-        return None
-    args = obj.get("train_args") if isinstance(obj, dict) else None
-    if hasattr(args, "get"):
-        return args.get("imgsz")
-    return getattr(args, "__dict__", {}).get("imgsz") if args is not None else None
 
 
 def resolve_inference_options(loaded: LoadedModel, given: Mapping[str, Any], *, conf_threshold: float,
                               log=None) -> InferenceOptions:
     """Concrete options: what the command line gave (``given``), else the weights' defaults.
 
-    Ultralytics weights (:func:`weights_origin`): image size ``train_args.imgsz`` else 640,
-    ``rect``, class offset 7680. The project's runs and files: the run's image size else 640, its
+    Ultralytics weights (:func:`weights_origin`): image size ``train_args.imgsz`` (rounded up
+    to a multiple of 32) else 640, ``rect``, class offset 7680. The project's runs and files: the run's image size else 640, its
     ``letterbox`` setting (``letterbox`` or ``plain``), offset 0. ``conf_threshold`` is the
     command's default (0.25 predict, 0.001 evaluate); IoU 0.7 and ``max_det`` 300 for all.
     ``log`` (a callable) receives one line saying what was chosen and why.
@@ -293,7 +277,8 @@ def resolve_inference_options(loaded: LoadedModel, given: Mapping[str, Any], *, 
     cfg = loaded.config or {}
     ultra, imgsz = weights_origin(loaded)
     if ultra:
-        auto = dict(img_size=imgsz or 640, resize="rect", nms_class_offset=ULTRALYTICS_CLASS_OFFSET)
+        # (Ultralytics' check_imgsz rounds the size up to a multiple of the stride, 32)
+        auto = dict(img_size=-(-(imgsz or 640) // 32) * 32, resize="rect", nms_class_offset=ULTRALYTICS_CLASS_OFFSET)
         why = f"Ultralytics weights: imgsz {'from train_args' if imgsz else 'default'}"
     else:
         auto = dict(img_size=cfg.get("img_size") or 640, resize="letterbox" if cfg.get("letterbox") else "plain",
