@@ -66,12 +66,14 @@ class DataStats:
       index the data (``images_*``, ``boxes_seen`` ... ``iscrowd_skipped``);
     * **sample** counters (:data:`SAMPLE_COUNTERS`): counted per sample the input pipeline makes,
       summed over every batch of every pass and every worker process: ``samples_made``,
-      ``sample_boxes`` (the boxes of those samples before padding, after augmentation), and
+      ``sample_boxes`` (the boxes of those samples after augmentation, before padding), and
       what was dropped from them (``boxes_dropped_augmentation``, ``boxes_truncated_max_boxes``,
       ``samples_truncated_max_boxes``, ``images_replaced_unreadable``).
 
-    :meth:`summary` prints the two groups apart, with the sample counters' share of
-    ``sample_boxes`` and the number of passes over the index they span."""
+    :meth:`summary` prints the two groups apart, with the number of passes over the index the
+    samples span, and each drop as a share of what that stage received: the augmentation, of
+    ``sample_boxes + boxes_dropped_augmentation``; the padding, of ``sample_boxes``; the samples'
+    counters, of ``samples_made``."""
 
     images_seen: int = 0
     images_kept: int = 0
@@ -108,12 +110,13 @@ class DataStats:
         index = ", ".join(f"{k}={d[k]}" for k in INDEX_COUNTERS if d[k] or k in always)
         text = f"DataStats(index, once per image: {index}"
         if self.samples_made:
-            passes = self.samples_made / self.images_kept if self.images_kept else float("nan")
-            parts = [f"samples_made={self.samples_made} ({passes:.2f} passes)", f"sample_boxes={self.sample_boxes}"]
+            passes = f" ({self.samples_made / self.images_kept:.2f} passes)" if self.images_kept else ""
+            parts = [f"samples_made={self.samples_made}{passes}", f"sample_boxes={self.sample_boxes}"]
+            augmented = self.sample_boxes + self.boxes_dropped_augmentation  # boxes the augmentation received
             for k in SAMPLE_COUNTERS[2:]:
                 if d[k]:
-                    base = self.samples_made if k.startswith(("samples", "images")) else self.sample_boxes
-                    parts.append(f"{k}={d[k]} ({d[k] / max(base, 1):.1%})")
+                    base = {"boxes_dropped_augmentation": augmented, "boxes_truncated_max_boxes": self.sample_boxes}
+                    parts.append(f"{k}={d[k]} ({d[k] / max(base.get(k, self.samples_made), 1):.1%})")
             text += "; pipeline, per sample over all passes: " + ", ".join(parts)
         return text + ")"
 
