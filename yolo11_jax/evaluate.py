@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--class-map", help="how the data's classes meet the model's when their names differ: "
                     "'position' (data label i is model class i), or 'data name=model name,...' pairs; default: "
                     "by name, an error listing both sets when a data name is not the model's")
-    inference.add_inference_arguments(ap)
+    inference.add_inference_arguments(ap, conf_threshold=0.001)
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     return ap
 

@@ -216,29 +216,32 @@ class InferenceOptions:
     "from the weights" (:func:`resolve_inference_options`)."""
 
     img_size: Optional[int] = option(
-        None, "network input size in pixels; with --resize rect, the long side (default: the run's, an "
-              "Ultralytics checkpoint's train_args imgsz, else 640)", check=(at_least(1), multiple_of(32)))
+        None, "network input size in pixels; with --resize rect, the long side",
+        check=(at_least(1), multiple_of(32)))
     resize: Optional[str] = option(
         None, "how an image becomes the network input: 'rect' (Ultralytics' letterbox to the smallest "
-              "rectangle of multiples of 32), 'letterbox' (square, grey padding), 'plain' (square resize) "
-              "(default: rect for Ultralytics weights, else as the run was trained)", choices=RESIZE_MODES)
+              "rectangle of multiples of 32), 'letterbox' (square, grey padding), 'plain' (square resize)",
+        choices=RESIZE_MODES)
     conf_threshold: Optional[float] = option(
-        None, "keep detections with score above this (default: 0.25 for predict, 0.001 for evaluate)",
-        check=between(0.0, 1.0))
+        None, "keep detections with score above this", check=between(0.0, 1.0))
     iou_threshold: float = option(0.7, "NMS: suppress same-class boxes overlapping more than this IoU",
                                   check=between(0.0, 1.0))
     max_det: int = option(300, "at most this many detections per image", check=at_least(1))
     nms_class_offset: Optional[float] = option(
         None, "class-aware NMS: 0 compares class ids exactly; a positive value shifts each box by "
-              "class * this value, Ultralytics' way (default: 7680 for Ultralytics weights, else 0)",
-        check=at_least(0.0))
+              "class * this value, Ultralytics' way", check=at_least(0.0))
 
 
-def add_inference_arguments(ap) -> None:
+def add_inference_arguments(ap, *, conf_threshold: float) -> None:
     """``--img-size``, ``--resize``, ``--conf-threshold``, ``--iou-threshold``, ``--max-det``,
     ``--nms-class-offset`` from :class:`InferenceOptions`, and the old ``--letterbox`` /
-    ``--no-letterbox`` (same as ``--resize letterbox`` / ``--resize plain``)."""
-    add_arguments(ap, InferenceOptions)
+    ``--no-letterbox`` (same as ``--resize letterbox`` / ``--resize plain``). ``--help`` shows the
+    defaults :func:`resolve_inference_options` applies (``conf_threshold``: the command's)."""
+    add_arguments(ap, InferenceOptions, shown_defaults={
+        "img_size": "Ultralytics weights: the checkpoint's train_args imgsz; a run: its img_size; else 640",
+        "resize": "rect for Ultralytics weights, else as the run was trained",
+        "conf_threshold": conf_threshold,
+        "nms_class_offset": f"{ULTRALYTICS_CLASS_OFFSET:g} for Ultralytics weights, else 0"})
     ap.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
                     help="old spelling of --resize letterbox / --resize plain")
 
@@ -539,6 +542,8 @@ def _original_rgb(source, index: int) -> tuple[np.ndarray, Any]:
     raw = records[index].image if records is not None else None
     if isinstance(raw, (str, Path)):
         return decode_image_rgb(np.fromfile(str(raw), np.uint8), str(raw)), example
+    if isinstance(raw, dict) and raw.get("bytes"):  # a Hugging Face image cell
+        raw = raw["bytes"]
     if isinstance(raw, (bytes, bytearray)):
         return decode_image_rgb(raw, example.source_id), example
     return np.asarray(example.image, np.uint8), example

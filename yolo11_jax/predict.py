@@ -262,10 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output directory for the annotated <stem>.png images and detections.json")
     inference.add_model_arguments(ap)
     ap.add_argument("--class-names", help="comma-separated class names (default: the run's, else the class ids)")
-    inference.add_inference_arguments(ap)
+    inference.add_inference_arguments(ap, conf_threshold=0.25)
     ap.add_argument("--batch-size", type=int, default=8,
-                    help="images of one input shape per forward pass; a shape's last batch is padded to a "
-                         "power of two (default: %(default)s)")
+                    help="images of one input shape per forward pass (a shape's last batch is padded) "
+                         "(default: %(default)s)")
     return ap
 
 
