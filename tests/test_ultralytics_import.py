@@ -5,7 +5,10 @@ The checkpoints are written here: the reference network's modules get stand-in c
 live under Ultralytics' module paths (``ultralytics.nn.modules.block.C3k2``, ...; registered in
 ``sys.modules`` only while ``torch.save`` runs), the model is converted to FP16 and saved in the
 two layouts Ultralytics writes. ``test_stand_in_checkpoint_names_the_globals_of_a_real_one``
-checks that the pickle names exactly the globals of a yolo11n file written by Ultralytics 8.4.
+checks that the pickle names exactly the globals of real yolo11n files (those of
+``tests/test_real_checkpoints.py``, written by Ultralytics 8.2.100 to 8.4.60). The architecture
+variants no real file in the set exercises (SPPF's ``n`` and ``add``, a legacy Detect head) are
+covered here with these synthetic stand-ins.
 """
 
 import builtins
@@ -16,6 +19,7 @@ import os
 import pathlib
 import pickle
 import pickletools
+import re
 import subprocess
 import sys
 import types
@@ -28,8 +32,9 @@ from torch import nn
 
 from reference_torch import yolo11 as Ry
 from yolo11_jax import convert
-from yolo11_jax.ultralytics_pt import ALLOWED_GLOBALS, UltralyticsCheckpointError, read_ultralytics
-from tests.helpers import ROOT, subprocess_env
+from yolo11_jax.ultralytics_pt import ALLOWED_GLOBALS, UltralyticsCheckpointError, load_pickle, read_ultralytics
+from yolo11_jax.yolo11 import Variant
+from tests.helpers import ROOT, rel_err, subprocess_env
 
 NAMES = ["cat", "dog", "bird", "fish", "horse"]
 BLOCK, CONV, HEAD, TASKS = ("ultralytics.nn.modules.block", "ultralytics.nn.modules.conv",
@@ -39,9 +44,10 @@ STAND_INS = {  # reference class -> where Ultralytics defines its namesake
     Ry.Bottleneck: BLOCK, Ry.C3k: BLOCK, Ry.C3k2: BLOCK, Ry.SPPF: BLOCK, Ry.C2PSA: BLOCK,
     Ry.PSABlock: BLOCK, Ry.Attention: BLOCK, Ry.DFL: BLOCK, Ry.Detect: HEAD,
 }
-# (module, name) of every global in a yolo11n checkpoint written by Ultralytics 8.4.
+# (module, name) of every global in a yolo11n checkpoint written by Ultralytics 8.2 to 8.4
+# (torch.Size: the Detect head's ``shape``, set by a forward pass).
 REAL_YOLO11N_GLOBALS = {
-    ("__builtin__", "set"), ("collections", "OrderedDict"),
+    ("__builtin__", "set"), ("collections", "OrderedDict"), ("torch", "Size"),
     ("torch", "FloatStorage"), ("torch", "HalfStorage"), ("torch", "LongStorage"),
     ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
     *(("torch.nn.modules." + m, n) for m, n in [
@@ -85,11 +91,12 @@ def ultralytics_stand_ins():
             sys.modules.pop(n, None)
 
 
-def stand_in_model(classes, scale="n", nc=len(NAMES), model_class="DetectionModel", seed=0):
+def stand_in_model(classes, scale="n", nc=len(NAMES), model_class="DetectionModel", seed=0, **variant):
     """An FP16 object graph like an Ultralytics ``DetectionModel``, and the reference holding
-    the same (float32) weights."""
+    the same (float32) weights. ``variant``: ``sppf_act`` / ``sppf_n`` / ``sppf_shortcut`` of the
+    reference's SPPF."""
     torch.manual_seed(seed)
-    ref = Ry.YOLO11(scale, nc)
+    ref = Ry.YOLO11(scale, nc, **variant)
     with torch.no_grad():  # non-trivial BatchNorm statistics
         for m in ref.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -114,8 +121,9 @@ def stand_in_model(classes, scale="n", nc=len(NAMES), model_class="DetectionMode
     dm.nc = nc
     dm.inplace = True
     dm.stride = torch.tensor([8.0, 16.0, 32.0])
+    dm.model[-1].shape = torch.Size((1, 144, 8400))  # what a forward pass leaves in a real Detect head
     dm.half()
-    reference = Ry.YOLO11(scale, nc)
+    reference = Ry.YOLO11(scale, nc, **variant)
     reference.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in dm.state_dict().items()})
     return dm, reference
 
@@ -191,6 +199,50 @@ def test_checkpoint_loads_equal_to_the_reference_from_the_same_tensors(tmp_path,
     assert info["ultralytics_version"] == ("8.3.0" if layout == "released" else "8.4.190")
     assert info["file_dtype"] == "float16"
     assert model.num_classes == 5 and model.model[0].bn.use_running_average  # returned in eval mode
+
+
+@pytest.mark.parametrize("variant", [dict(sppf_act=False), dict(sppf_act=False, sppf_n=2, sppf_shortcut=True)])
+def test_the_sppf_variant_is_read_from_the_modules_records(tmp_path, variant):
+    """Synthetic (no real file in the set records n != 3 or add): SPPF.cv1's pickled activation,
+    SPPF.n and SPPF.add build the matching network, equal to the reference."""
+    with ultralytics_stand_ins() as classes:
+        dm, reference = stand_in_model(classes, **variant)
+        path = write(tmp_path / "w.pt", released(dm, version="8.4.60"))
+    model, info = convert.load_ultralytics(path)
+    want = dict(dict(sppf_act=True, sppf_n=3, sppf_shortcut=False), **variant)
+    assert info["variant"] == want and model.variant == Variant(**want)
+    assert_equals_reference(model, reference)
+    images = np.random.default_rng(0).random((1, 64, 96, 3), dtype=np.float32)
+    reference.eval()
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+    for (c_j, _, r_j), (c_t, _, r_t) in zip(model(images), theirs):
+        assert rel_err(np.asarray(c_j), c_t.permute(0, 2, 3, 1).numpy()) <= 1e-4
+        assert rel_err(np.asarray(r_j), r_t.permute(0, 2, 3, 1).numpy()) <= 1e-4
+
+
+@pytest.mark.parametrize("attr,value,message", [
+    ("legacy", True, "record model.23.legacy is True"),
+    ("end2end", True, "record model.23.end2end is True"),
+    ("reg_max", 8, "the Detect record says reg_max=8"),
+])
+def test_detect_records_the_network_cannot_represent_are_refused(tmp_path, attr, value, message):
+    """Synthetic: Detect attributes some Ultralytics versions record."""
+    with ultralytics_stand_ins() as classes:
+        dm, _ = stand_in_model(classes)
+        setattr(dm.model[23], attr, value)
+        path = write(tmp_path / "w.pt", released(dm))
+    with pytest.raises(UltralyticsCheckpointError, match=re.escape(message)):
+        convert.load_ultralytics(path)
+
+
+def test_torch_size_is_read_as_a_tuple_of_ints(tmp_path):
+    with ultralytics_stand_ins() as classes:
+        dm, _ = stand_in_model(classes)
+        path = write(tmp_path / "w.pt", released(dm))
+    obj, names = load_pickle(path)
+    assert "torch.Size" in names and obj["model"].get("_modules")["model"].get("_modules")["23"].get("shape") == \
+        (1, 144, 8400)
 
 
 def test_scale_is_read_from_the_file(tmp_path):
@@ -418,8 +470,9 @@ def test_predict_and_evaluate_take_a_pt_file(tmp_path, capsys):
                          "--conf-threshold", "0.0", "--max-det", "3"]) == 0, capsys.readouterr().err
     (record,) = json.loads((out / "detections.json").read_text())
     assert record["detections"] and all(d["class_name"] == NAMES[d["class_id"]] for d in record["detections"])
+    # (the shapes' class names are not the file's: score data label i as model class i)
     assert evaluate.main(["--weights", str(pt), "--data", "shapes", "--img-size", "64", "--max-samples", "4",
-                          "--batch-size", "4"]) == 0, capsys.readouterr().err
+                          "--batch-size", "4", "--class-map", "position"]) == 0, capsys.readouterr().err
     assert "mAP@[.5:.95]" in capsys.readouterr().out
     # a .pt fixes its own network: --model must agree
     assert predict.main(["--weights", str(pt), str(img), "--out", str(out), "--model", "yolo11s"]) == 2

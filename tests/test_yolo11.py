@@ -25,7 +25,7 @@ import reference_torch as R
 from reference_torch.yolo11 import YOLO11 as RefYOLO11
 from yolo11_jax import build_model, convert, count_parameters
 from yolo11_jax.model import BatchNorm, ConvBNSiLU, jit_forward, set_compute_dtype
-from yolo11_jax.yolo11 import Detect, class_bias_init
+from yolo11_jax.yolo11 import DEFAULT_VARIANT, YOLO11, Detect, Variant, class_bias_init
 from tests.helpers import ROOT, nchw, randomize_batchnorm, rel_err, rel_l2, to_nhwc
 
 TOL = 1e-4
@@ -196,6 +196,48 @@ def test_forward_matches_reference_in_eval_mode(scale):
     errors = output_errors(out_ref, jit_forward(model, jnp.asarray(images)))
     assert len(errors) == 9
     assert max(errors.values()) <= TOL, errors
+
+
+@pytest.mark.parametrize("variant", [
+    Variant(sppf_act=False),                                    # Ultralytics 8.4.30 .. 8.4.60 files
+    Variant(sppf_act=False, sppf_n=2, sppf_shortcut=True),      # SPPF's n and add, as 8.4 can record them
+])
+def test_variant_forward_matches_reference_built_with_the_same_variant(variant):
+    """Synthetic weights: the NNX network and the reference built with the same ``Variant`` agree
+    to TOL in eval and train mode, and the default reference (other SPPF) does not."""
+    fields = dict(sppf_act=variant.sppf_act, sppf_n=variant.sppf_n, sppf_shortcut=variant.sppf_shortcut)
+    torch.manual_seed(0)
+    ref = RefYOLO11("n", NUM_CLASSES, **fields)
+    signal_carrying_weights(ref, 0)
+    randomize_batchnorm(ref, 0)
+    model = nnx.eval_shape(lambda: YOLO11("n", NUM_CLASSES, variant=variant, rngs=nnx.Rngs(0)))
+    assert model.variant == variant and model.model[9].cv1.act is variant.sppf_act
+    convert.load_state_dict(model, ref.state_dict())
+    images = np.random.default_rng(3).random((2, *IMAGE_HW, 3), dtype=np.float32)
+    for train in (False, True):
+        ref.train(train)
+        model.train() if train else model.eval()
+        with torch.no_grad():
+            out_ref = ref(nchw(images))
+        errors = output_errors(out_ref, jit_forward(model, jnp.asarray(images)))
+        assert max(errors.values()) <= TOL, (train, errors)
+    if variant.sppf_n == 3:  # same tensors, the default network: far off
+        default = RefYOLO11("n", NUM_CLASSES).eval()
+        default.load_state_dict(ref.state_dict())
+        model.eval()
+        with torch.no_grad():
+            out_default = default(nchw(images))
+        assert max(output_errors(out_default, jit_forward(model, jnp.asarray(images))).values()) > 1e-2
+
+
+def test_variant_json_round_trip_and_errors():
+    v = Variant(sppf_act=False, sppf_n=2, sppf_shortcut=True)
+    assert Variant.from_json(v.to_json()) == v and Variant.from_json(None) == DEFAULT_VARIANT
+    assert DEFAULT_VARIANT.name == "yolo11" and Variant(sppf_act=False).name == "yolo11[sppf_act=False]"
+    with pytest.raises(ValueError, match="unknown field"):
+        Variant.from_json('{"sppf_act": true, "colour": 1}')
+    with pytest.raises(ValueError, match="sppf_act must be a bool"):
+        Variant.from_json('{"sppf_act": 1}')
 
 
 @pytest.mark.parametrize("scale", "nsm")
