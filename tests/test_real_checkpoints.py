@@ -203,3 +203,27 @@ def test_converted_file_carries_the_variant(tmp_path, loaded):
     built, note = convert.build_for_init_weights("yolo11n", real_file("yolo11n_official"), num_classes=3,
                                                  rngs=__import__("flax").nnx.Rngs(0))
     assert built.variant == DEFAULT_VARIANT and note is None
+
+
+@pytest.mark.parametrize("name", ["yolo11n_official", "yolo11s_8.4_uitag"])
+def test_fine_tuning_starts_from_the_file(name, loaded):
+    """``--init-weights``: the model is built with the file's variant, every tensor outside the
+    class branch loads (the report says what was re-initialised), and the box branch then
+    computes exactly what the file's own network computes."""
+    from flax import nnx
+
+    model, info = loaded(name)
+    path = real_file(name)
+    built, note = convert.build_for_init_weights(info["preset"], path, num_classes=3, rngs=nnx.Rngs(0))
+    assert built.variant == model.variant
+    assert (note is None) == (model.variant == DEFAULT_VARIANT)
+    state_dict, _ = read_ultralytics(path)
+    report = convert.load_pretrained(built, state_dict)
+    assert report.checkpoint_num_classes == info["num_classes"] and report.model_num_classes == 3
+    assert report.reinitialized and all(k.startswith("model.23.cv3.") for k in report.reinitialized)
+    assert len(report.loaded) + len(report.reinitialized) == len(state_dict)
+    assert "re-initialised" in report.summary()
+    built.eval()
+    images = photo((128, 160))
+    for (_, _, raw_file), (_, _, raw_tuned) in zip(model(images), built(images)):
+        np.testing.assert_array_equal(np.asarray(raw_file), np.asarray(raw_tuned))
