@@ -157,6 +157,8 @@ def test_evaluate_official_weights_equals_pycocotools_on_the_yardstick_predictio
         evaluator.add_batch(gt, labels, np.ones(labels.shape, bool), det["boxes_xyxy"][None], det["scores"][None],
                             det["classes"][None], np.ones((1, k), bool), [(h, w)])
     want = evaluator.compute()
+    print(f"evaluate: mAP {got['mAP']:.5f} AP50 {got['AP50']:.5f}; pycocotools on the yardstick's predictions: "
+          f"mAP {want['mAP']:.5f} AP50 {want['AP50']:.5f}")
     assert 0.1 < want["mAP"] < 0.9, want["mAP"]
     for key in ("mAP", "AP50", "AP75"):
         assert abs(got[key] - want[key]) <= 0.002, (key, got[key], want[key])
