@@ -404,11 +404,13 @@ def test_official_detections_equal_the_torch_yardstick(official_predictions, con
 
 
 @pytest.mark.slow
-def test_cli_with_the_official_weights(official_predictions, tmp_path, capsys):
+def test_cli_with_the_official_weights(official_predictions, tmp_path, capsys, monkeypatch):
+    """The everyday command, ``predict --weights yolo11n.pt bus.jpg zidane.jpg``: Ultralytics'
+    settings chosen by themselves, outputs in ./predictions, equal to the library's."""
     p = official_predictions
-    out = tmp_path / "pred"
-    assert main(["--weights", str(p["pt"]), str(p["photos"]["bus"]), str(p["photos"]["zidane"]),
-                 "--out", str(out)]) == 0
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "predictions"
+    assert main(["--weights", str(p["pt"]), str(p["photos"]["bus"]), str(p["photos"]["zidane"])]) == 0
     err = capsys.readouterr().err
     assert "resize rect" in err and "conf 0.25" in err and "compiled 2 input shape(s)" in err
     rec = {r["image"]: r for r in json.loads((out / "detections.json").read_text())}

@@ -2,6 +2,7 @@
 
 Command line::
 
+    python -m yolo11_jax.predict --weights yolo11n.pt bus.jpg          # writes predictions/
     python -m yolo11_jax.predict --run RUN_DIR photo.jpg more_images/ --out predictions/
     python -m yolo11_jax.predict --weights model.safetensors --model small --num-classes 4 \\
         --img-size 128 images/ --out predictions/
@@ -258,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image files and/or directories (a directory contributes its "
                          f"{', '.join(IMAGE_EXTENSIONS)} files, sorted; its other files, and an image "
                          "given twice, are reported and counted as skipped)")
-    ap.add_argument("--out", type=Path, required=True,
-                    help="output directory for the annotated <stem>.png images and detections.json")
+    ap.add_argument("--out", type=Path, default=Path("predictions"),
+                    help="output directory for the annotated <stem>.png images and detections.json "
+                         "(default: %(default)s)")
     inference.add_model_arguments(ap)
     ap.add_argument("--class-names", help="comma-separated class names (default: the run's, else the class ids)")
     inference.add_inference_arguments(ap, conf_threshold=0.25)
