@@ -126,3 +126,13 @@ def test_configurations_are_frozen_and_resolved_once(capsys):
     # a config.json of an earlier version, with None for "the recipe's value", resumes resolved
     old = {**dataclasses.asdict(named_config("smoke")), "lr": None, "augment": None, "mosaic": None}
     assert TrainConfig(**old) == named_config("smoke")
+
+
+def test_max_boxes_auto_is_resolved_from_the_index_and_recorded(tmp_path):
+    args = build_parser().parse_args(["--max-boxes", "auto"])
+    assert args.max_boxes == "auto"
+    run = setup(named_config("smoke", **TINY, max_boxes="auto", run_dir=str(tmp_path / "auto")), progress=False)
+    most = max(rec.num_boxes for rec in getattr(run.train_data.examples, "records", run.train_data.examples))
+    saved = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert saved["max_boxes"] == run.cfg.max_boxes == most >= 1   # no mosaic in the smoke config
+    run.metrics.close()

@@ -43,7 +43,7 @@ from yolo11_jax.loss_ultralytics import ultralytics_detection_loss
 
 # The losses ``detection_loss(recipe=...)`` dispatches to (the recipes in ``yolo11_jax.recipes``
 # call their loss functions directly).
-RECIPES = ("notebook", "ultralytics")
+LOSS_NAMES = ("notebook", "ultralytics")
 NOTEBOOK_TOPK = 13     # the notebook's TaskAlignedAssigner() defaults
 NOTEBOOK_ALPHA = 1.0
 
@@ -111,7 +111,7 @@ def detection_loss(
             reg_max=reg_max, strides=strides, box_weight=box_weight, cls_weight=cls_weight,
             dfl_weight=dfl_weight, beta=beta, eps=eps, **options)
     if recipe != "notebook":
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {LOSS_NAMES}")
     return notebook_detection_loss(predictions, gt_boxes, gt_labels, gt_mask, img_size=img_size,
                                    num_classes=num_classes, reg_max=reg_max, strides=strides, cls_weight=cls_weight,
                                    box_weight=box_weight, dfl_weight=dfl_weight, topk=topk, alpha=alpha, beta=beta,

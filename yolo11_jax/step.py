@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 from yolo11_jax.ema import EMAState, init_ema, update_ema
-from yolo11_jax.loss import RECIPES, detection_loss
+from yolo11_jax.loss import LOSS_NAMES, detection_loss
 from yolo11_jax.optim import set_hyperparams, skip_group
 from yolo11_jax.parallel import batch_sharded, replicated
 
@@ -148,8 +148,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, loss: Callabl
     """
     if loss is None:
         recipe = recipe or "notebook"
-        if recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
+        if recipe not in LOSS_NAMES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose one of {LOSS_NAMES}")
         if torch_compat and recipe != "notebook":
             raise ValueError("torch_compat reproduces the notebook's loop; it needs recipe='notebook'")
         if loss_scale is None and recipe == "ultralytics":

@@ -575,7 +575,7 @@ def _flush(run: Run, pending: list, meter: Meter, done: int, epoch: int, bar) ->
                if last is not None else "no checkpoint had been written yet."))
     row = _mean_metrics(host)
     row.update(epoch=epoch, step=done, **meter.take())
-    if run.timing.get("step_only_images_per_s"):
+    if run.timing.get("step_only_images_per_s") and row["images_per_s"] > 0:  # (0: only the first step, untimed)
         row["input_efficiency"] = row["images_per_s"] / run.timing["step_only_images_per_s"]
     run.metrics.write("interval", row)
     run.epoch_rows.extend(host)
