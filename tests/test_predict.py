@@ -485,3 +485,18 @@ def test_a_safetensors_converted_from_ultralytics_gets_ultralytics_defaults(tmp_
         loaded = _loaded(path, {})
         assert weights_origin(loaded) == want, meta
         assert resolve_inference_options(loaded, {}, conf_threshold=0.25).resize == ("rect" if want[0] else "plain")
+
+
+def test_old_letterbox_flag_still_works_with_a_warning(capsys):
+    from yolo11_jax.inference import given_inference_options
+    from yolo11_jax.predict import build_parser
+
+    ap = build_parser()
+    argv = ["x.jpg", "--weights", "w.pt"]
+    assert given_inference_options(ap, ap.parse_args(argv + ["--letterbox"])) == {"resize": "letterbox"}
+    assert "deprecated" in capsys.readouterr().err
+    assert given_inference_options(ap, ap.parse_args(argv + ["--no-letterbox", "--resize", "plain"])) == \
+        {"resize": "plain"}
+    with pytest.raises(SystemExit):
+        given_inference_options(ap, ap.parse_args(argv + ["--letterbox", "--resize", "rect"]))
+    assert "contradicts --resize rect" in capsys.readouterr().err

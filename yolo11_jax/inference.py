@@ -26,7 +26,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from yolo11_jax.coco_eval import CocoEvaluator
-from yolo11_jax.yolo11 import DEFAULT_VARIANT, Variant
+from yolo11_jax.yolo11 import Variant
 from yolo11_jax.options import add_arguments, at_least, between, defaults, multiple_of, option, validate
 from yolo11_jax.options import given as config_given
 from yolo11_jax.postprocess import postprocess
@@ -152,10 +152,10 @@ def load_model(*, run: Path | None = None, weights: Path | None = None, model_na
         variant = Variant.from_json(cfg.get(convert.VARIANT_METADATA_KEY))
     except ValueError as e:
         raise WeightsError(f"{path}: {convert.VARIANT_METADATA_KEY}: {e}") from None
-    if variant != DEFAULT_VARIANT and name.startswith("yolo11"):
-        model = convert.build_yolo11(name, num_classes=int(classes), variant=variant, rngs=nnx.Rngs(0))
-    else:
-        model = build_model(name, num_classes=int(classes), rngs=nnx.Rngs(0))
+    try:
+        model = build_model(name, num_classes=int(classes), variant=variant, rngs=nnx.Rngs(0))
+    except ValueError as e:
+        raise WeightsError(f"{path}: {e}") from None
     try:
         convert.load_safetensors(path, model)
     except Exception as e:  # noqa: BLE001 - a corrupt file, or weights of another model / class count
@@ -243,7 +243,7 @@ def add_inference_arguments(ap, *, conf_threshold: float) -> None:
         "conf_threshold": conf_threshold,
         "nms_class_offset": f"{ULTRALYTICS_CLASS_OFFSET:g} for Ultralytics weights, else 0"})
     ap.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
-                    help="old spelling of --resize letterbox / --resize plain")
+                    help="deprecated: the old spelling of --resize letterbox / --resize plain")
 
 
 def weights_origin(loaded: LoadedModel) -> tuple[bool, int | None]:
@@ -302,8 +302,12 @@ def given_inference_options(ap, args) -> dict[str, Any]:
     """The :class:`InferenceOptions` the command line set (``--letterbox`` / ``--no-letterbox``
     mapped to ``resize``), checked: bad values end through ``ap.error`` (status 2)."""
     given = config_given(args, InferenceOptions)
-    if getattr(args, "letterbox", None) is not None and "resize" not in given:
-        given["resize"] = "letterbox" if args.letterbox else "plain"
+    if getattr(args, "letterbox", None) is not None:
+        mode = "letterbox" if args.letterbox else "plain"
+        print(f"warning: --{'' if args.letterbox else 'no-'}letterbox is deprecated; it means --resize {mode}",
+              file=sys.stderr)
+        if given.setdefault("resize", mode) != mode:
+            ap.error(f"--{'' if args.letterbox else 'no-'}letterbox contradicts --resize {given['resize']}")
     problems = validate(InferenceOptions(**{**defaults(InferenceOptions), **given}))
     if problems:
         ap.error("; ".join(problems))
