@@ -162,3 +162,16 @@ def test_evaluate_official_weights_equals_pycocotools_on_the_yardstick_predictio
     assert 0.1 < want["mAP"] < 0.9, want["mAP"]
     for key in ("mAP", "AP50", "AP75"):
         assert abs(got[key] - want[key]) <= 0.002, (key, got[key], want[key])
+
+
+def test_evaluate_rect_mode_on_a_run_scores_in_original_pixels(run_dir, tmp_path, capsys):
+    """``--resize rect`` on the project's own run (in-memory shapes images): predict's preprocessing,
+    one compiled shape for same-size images, boxes scored in each image's own pixels."""
+    out = tmp_path / "m.json"
+    rc = main(["--run", str(run_dir), "--max-samples", "6", "--batch-size", "4", "--resize", "rect",
+               "--img-size", str(IMG_SIZE), "--json", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "resize rect" in err and f"compiled 1 input shape(s) (batch x height x width): 4x{IMG_SIZE}x{IMG_SIZE}" in err
+    results = json.loads(out.read_text())
+    assert 0.0 <= results["mAP"] <= 1.0
