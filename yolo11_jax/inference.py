@@ -272,8 +272,9 @@ def resolve_inference_options(loaded: LoadedModel, given: Mapping[str, Any], *, 
     """Concrete options: what the command line gave (``given``), else the weights' defaults.
 
     Ultralytics weights (:func:`weights_origin`): image size ``train_args.imgsz`` (rounded up
-    to a multiple of 32) else 640, ``rect``, class offset 7680. The project's runs and files: the run's image size else 640, its
-    ``letterbox`` setting (``letterbox`` or ``plain``), offset 0. ``conf_threshold`` is the
+    to a multiple of 32) else 640, ``rect``, class offset 7680. The project's runs and files:
+    the run's image size else 640, its ``letterbox`` setting (``letterbox`` or ``plain``),
+    offset 0. ``conf_threshold`` is the
     command's default (0.25 predict, 0.001 evaluate); IoU 0.7 and ``max_det`` 300 for all.
     ``log`` (a callable) receives one line saying what was chosen and why.
     """
@@ -281,7 +282,8 @@ def resolve_inference_options(loaded: LoadedModel, given: Mapping[str, Any], *, 
     ultra, imgsz = weights_origin(loaded)
     if ultra:
         # (Ultralytics' check_imgsz rounds the size up to a multiple of the stride, 32)
-        auto = dict(img_size=-(-(imgsz or 640) // 32) * 32, resize="rect", nms_class_offset=ULTRALYTICS_CLASS_OFFSET)
+        auto = dict(img_size=-(-(imgsz or 640) // 32) * 32, resize="rect",
+                    nms_class_offset=ULTRALYTICS_CLASS_OFFSET)
         why = f"Ultralytics weights: imgsz {'from train_args' if imgsz else 'default'}"
     else:
         auto = dict(img_size=cfg.get("img_size") or 640, resize="letterbox" if cfg.get("letterbox") else "plain",
