@@ -20,6 +20,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from reference_torch.yolo11 import YOLO11 as RefYOLO11
 from tests import real_files
@@ -198,10 +199,10 @@ def test_converted_file_carries_the_variant(tmp_path, loaded):
     images = photo((128, 160))
     for a, b in zip(model(images), reloaded.model(images)):
         np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
-    built, note = convert.build_for_init_weights("yolo11n", out, num_classes=3, rngs=__import__("flax").nnx.Rngs(0))
+    built, note = convert.build_for_init_weights("yolo11n", out, num_classes=3, rngs=nnx.Rngs(0))
     assert built.variant == variant and "sppf_act=False" in note
     built, note = convert.build_for_init_weights("yolo11n", real_file("yolo11n_official"), num_classes=3,
-                                                 rngs=__import__("flax").nnx.Rngs(0))
+                                                 rngs=nnx.Rngs(0))
     assert built.variant == DEFAULT_VARIANT and note is None
 
 
@@ -210,8 +211,6 @@ def test_fine_tuning_starts_from_the_file(name, loaded):
     """``--init-weights``: the model is built with the file's variant, every tensor outside the
     class branch loads (the report says what was re-initialised), and the box branch then
     computes exactly what the file's own network computes."""
-    from flax import nnx
-
     model, info = loaded(name)
     path = real_file(name)
     built, note = convert.build_for_init_weights(info["preset"], path, num_classes=3, rngs=nnx.Rngs(0))

@@ -380,32 +380,21 @@ def weights_variant(path: str | os.PathLike) -> tuple[Variant, str]:
     return variant_from_metadata(meta, path), f"the metadata of {os.path.basename(path)}"
 
 
-def build_yolo11(preset: str, *, num_classes: int, variant: Variant = DEFAULT_VARIANT, reg_max: int = 16,
-                 dtype=None, rngs: nnx.Rngs) -> YOLO11:
-    """A ``YOLO11`` preset ('yolo11n' ...) with another ``Variant`` (``presets.build_model``
-    builds the default one)."""
-    from yolo11_jax.presets import get_preset
-
-    p = get_preset(preset)
-    if p.scale is None:
-        raise ValueError(f"{preset!r} is not a YOLO11 preset; a variant applies only to those")
-    return YOLO11(p.scale, num_classes, reg_max, variant=variant, dtype=dtype, rngs=rngs)
-
-
-def build_for_init_weights(preset: str, path: str | os.PathLike, *, num_classes: int, dtype=None,
-                           rngs: nnx.Rngs) -> tuple[Model, str | None]:
-    """The model to fine-tune from ``path`` (``--init-weights``): ``preset`` built with the
-    architecture variant the file records, so that its weights compute what they were trained
-    to. Returns ``(model, note)``: ``note`` is a log line when the file's variant is not the
-    default (``None`` otherwise, or for the notebook's networks)."""
+def build_for_init_weights(preset: str, path: str | os.PathLike, *, num_classes: int, **build_kwargs
+                           ) -> tuple[Model, str | None]:
+    """The model to fine-tune from ``path`` (``--init-weights``): ``presets.build_model(preset,
+    num_classes=..., **build_kwargs)`` (``dtype``, ``conv_impl``, ``rngs``), a YOLO11 preset
+    built with the architecture variant the file records, so that its weights compute what they
+    were trained to. Returns ``(model, note)``: ``note`` is a log line when the file's variant is
+    not the default (``None`` otherwise, and for the notebook's networks)."""
     from yolo11_jax.presets import build_model, get_preset
 
     if get_preset(preset).scale is None:
-        return build_model(preset, num_classes=num_classes, dtype=dtype, rngs=rngs), None
+        return build_model(preset, num_classes=num_classes, **build_kwargs), None
     variant, where = weights_variant(path)
+    model = build_model(preset, num_classes=num_classes, variant=variant, **build_kwargs)
     if variant == DEFAULT_VARIANT:
-        return build_model(preset, num_classes=num_classes, dtype=dtype, rngs=rngs), None
-    model = build_yolo11(preset, num_classes=num_classes, variant=variant, dtype=dtype, rngs=rngs)
+        return model, None
     return model, (f"init weights: following the architecture recorded in {where}: {variant.name} "
                    f"(--model {preset} builds {DEFAULT_VARIANT.name} from scratch)")
 
@@ -487,14 +476,16 @@ def load_ultralytics(path: str | os.PathLike, *, dtype=None) -> tuple[YOLO11, di
       detection checkpoint, names a class outside the allowed list, records an architecture this
       network cannot represent, or its tensors do not fit.
     """
+    from yolo11_jax.presets import build_model
     from yolo11_jax.ultralytics_pt import UltralyticsCheckpointError, read_ultralytics
 
     state_dict, info = read_ultralytics(path)
     variant = Variant(**info["variant"])
     info["variant_name"] = variant.name
     # Abstract construction: every variable is then set from the checkpoint.
-    model = nnx.eval_shape(lambda: YOLO11(info["scale"], info["num_classes"], info["reg_max"], variant=variant,
-                                          dtype=dtype, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: build_model(info["preset"], num_classes=info["num_classes"],
+                                               reg_max=info["reg_max"], variant=variant, dtype=dtype,
+                                               rngs=nnx.Rngs(0)))
     check_architecture(model, info["architecture"], str(path))
     try:
         load_state_dict(model, state_dict)

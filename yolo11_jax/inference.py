@@ -26,7 +26,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from yolo11_jax.coco_eval import CocoEvaluator
-from yolo11_jax.yolo11 import DEFAULT_VARIANT, Variant
+from yolo11_jax.yolo11 import Variant
 from yolo11_jax.options import add_arguments, at_least, between, defaults, multiple_of, option, validate
 from yolo11_jax.options import given as config_given
 from yolo11_jax.postprocess import postprocess
@@ -152,10 +152,10 @@ def load_model(*, run: Path | None = None, weights: Path | None = None, model_na
         variant = Variant.from_json(cfg.get(convert.VARIANT_METADATA_KEY))
     except ValueError as e:
         raise WeightsError(f"{path}: {convert.VARIANT_METADATA_KEY}: {e}") from None
-    if variant != DEFAULT_VARIANT and name.startswith("yolo11"):
-        model = convert.build_yolo11(name, num_classes=int(classes), variant=variant, rngs=nnx.Rngs(0))
-    else:
-        model = build_model(name, num_classes=int(classes), rngs=nnx.Rngs(0))
+    try:
+        model = build_model(name, num_classes=int(classes), variant=variant, rngs=nnx.Rngs(0))
+    except ValueError as e:
+        raise WeightsError(f"{path}: {e}") from None
     try:
         convert.load_safetensors(path, model)
     except Exception as e:  # noqa: BLE001 - a corrupt file, or weights of another model / class count

@@ -20,7 +20,7 @@ from flax import nnx
 
 from yolo11_jax import kernels
 from yolo11_jax.model import YOLOv11
-from yolo11_jax.yolo11 import YOLO11
+from yolo11_jax.yolo11 import DEFAULT_VARIANT, YOLO11, Variant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,17 +64,21 @@ def get_preset(name: str) -> ModelPreset:
 
 
 def build_model(preset: str | ModelPreset, *, num_classes: int | None = None, reg_max: int | None = None,
-                dtype=None, conv_impl: str = kernels.DEFAULT_CONV_IMPL, rngs: nnx.Rngs) -> YOLOv11 | YOLO11:
+                dtype=None, conv_impl: str = kernels.DEFAULT_CONV_IMPL, variant: Variant = DEFAULT_VARIANT,
+                rngs: nnx.Rngs) -> YOLOv11 | YOLO11:
     """The preset's network (``YOLOv11`` or ``YOLO11``), optionally with another class count, a
     compute dtype (``jnp.bfloat16`` for mixed precision; see ``model.set_compute_dtype``) and the
     convolution kernels ``conv_impl``: ``"lax"`` (default; every JAX transformation works) or
     ``"cpu_taps"`` (faster on CPU; see ``kernels.py``). The choice is recorded as
-    ``model.conv_impl``."""
+    ``model.conv_impl``. ``variant``: a YOLO11 preset's architecture variant (``yolo11.Variant``;
+    the default is the released weights' architecture)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     num_classes = num_classes if num_classes is not None else p.num_classes
     reg_max = reg_max if reg_max is not None else p.reg_max
     if p.family == "yolo11":
-        model = YOLO11(p.scale, num_classes, reg_max, dtype=dtype, rngs=rngs)
+        model = YOLO11(p.scale, num_classes, reg_max, variant=variant, dtype=dtype, rngs=rngs)
+    elif variant != DEFAULT_VARIANT:
+        raise ValueError(f"{p.name!r} is not a YOLO11 preset; a YOLO11 variant does not apply to it")
     else:
         model = YOLOv11(num_classes, reg_max, base=p.base, depth=p.depth, dtype=dtype, rngs=rngs)
     return kernels.set_conv_impl(model, conv_impl)
