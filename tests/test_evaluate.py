@@ -137,6 +137,7 @@ def test_evaluate_official_weights_equals_pycocotools_on_the_yardstick_predictio
     assert rc == 0, err
     assert "resize rect" in err and "conf 0.001" in err
     got = json.loads(out.read_text())
+    assert got["settings"]["resize"] == "rect" and got["settings"]["conf_threshold"] == 0.001
 
     net = YOLO11("n", 80)
     net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()})

@@ -21,6 +21,7 @@ pixels; the project's runs are scored in the network's input frame, as during tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -109,7 +110,8 @@ def main(argv=None) -> int:
     print(f"mAP@[.5:.95] {results['mAP']:.4f}  AP50 {results['AP50']:.4f}  AP75 {results['AP75']:.4f}  "
           f"({len(data.examples)} images)")
     if args.json:
-        args.json.write_text(json.dumps(inference.json_safe(results), indent=1))
+        settings = {**dataclasses.asdict(opts), "weights": str(loaded.source)}  # the values that ran
+        args.json.write_text(json.dumps(inference.json_safe({**results, "settings": settings}), indent=1))
     return 0
 
 

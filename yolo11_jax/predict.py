@@ -10,7 +10,8 @@ Command line::
 For every readable image, ``OUT/<stem>.png`` is the original image (original size)
 with each detection drawn as a box in its class's colour, labelled with the class
 name and score; ``OUT/detections.json`` lists, per image, the detections in the
-original image's pixel coordinates, sorted by decreasing score::
+original image's pixel coordinates, sorted by decreasing score (``OUT/settings.json`` holds the
+settings that ran)::
 
     [{"image": "photo.jpg", "output": "predictions/photo.png", "width": 640, "height": 480,
       "detections": [{"box_xyxy": [x1, y1, x2, y2], "score": 0.91, "class_id": 2,
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -362,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "input_hw": [int(v) for v in det["input_hw"]], "detections": records})
                 num_dets += len(records)
         (args.out / "detections.json").write_text(json.dumps(results, indent=1))
+        (args.out / "settings.json").write_text(json.dumps(  # the values that ran
+            {**dataclasses.asdict(opts), "weights": str(loaded.source), "batch_size": detector.batch_size,
+             "compiled_shapes": detector.compiled}, indent=1))
     except OSError as e:  # the output folder cannot be written
         print(f"error: cannot write the outputs to {args.out}: {e}", file=sys.stderr)
         return 2
