@@ -27,6 +27,8 @@ from tests.hub_server import (  # noqa: F401  (fake_hub is a fixture)
     use_fake_hub,
 )
 
+pytestmark = pytest.mark.network  # a local fake Hub server (sockets)
+
 REPO = "detection-datasets/coco"
 
 

@@ -45,6 +45,7 @@ def rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
+@pytest.mark.multiprocess
 def test_two_simulated_devices_match_one_device():
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_parallel_check.py")], capture_output=True,
                           text=True, timeout=900, env=subprocess_env(), cwd=ROOT)
@@ -96,6 +97,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.multiprocess
 def test_two_processes_match_one_process(tmp_path):
     port = _free_port()
     multi_dir, single_dir = tmp_path / "two", tmp_path / "one"
@@ -135,6 +137,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert (multi_dir / "weights.safetensors").is_file() and (multi_dir / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_bfloat16_trains_and_stays_close_to_float32():
     # 128 px and up to 16 boxes per image: a few hundred positives, so that the +-1 changes of
     # the positive count that bfloat16 rounding causes in the assigner (every part is divided

@@ -26,6 +26,7 @@ def epoch_rows(run_dir):
     return [r for r in rows if r["kind"] == "epoch"]
 
 
+@pytest.mark.slow
 def test_cli_writes_every_promised_output(tmp_path):
     run = tmp_path / "cli"
     proc = subprocess.run([sys.executable, "-m", "yolo11_jax.train", "--config", "smoke", "--run-dir", str(run),
@@ -51,6 +52,7 @@ def test_cli_writes_every_promised_output(tmp_path):
     assert (run / "checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     full = train(smoke_config(tmp_path, "full", epochs=3), progress=False)
     part = smoke_config(tmp_path, "part", epochs=3)
@@ -72,6 +74,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert full["history"][-1]["total_loss"] < full["history"][0]["total_loss"]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = smoke_config(tmp_path, "nan", epochs=1)
     train(cfg, progress=False)
@@ -110,6 +113,7 @@ def test_bad_config_is_reported_clearly(tmp_path):
     assert not any((tmp_path / name / "checkpoints").exists() for name in ("bad", "noval", "names"))
 
 
+@pytest.mark.slow
 def test_a_finished_run_directory_is_not_overwritten(tmp_path):
     train(smoke_config(tmp_path, "run", epochs=1), progress=False)
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
@@ -119,6 +123,7 @@ def test_a_finished_run_directory_is_not_overwritten(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == named_config("smoke").lr == 1e-3
 
 
+@pytest.mark.slow
 def test_cli_resume_normalises_overrides_and_rewrites_the_interrupted_epoch(tmp_path):
     from yolo11_jax.train import main
     run = tmp_path / "run"
@@ -168,6 +173,7 @@ def step_rows(run_dir, kind="interval"):
     return [r for r in rows if r["kind"] == kind]
 
 
+@pytest.mark.slow
 def test_resume_inside_an_epoch_continues_with_the_next_batch(tmp_path):
     """Stopped after step 11 (inside epoch 2, a checkpoint by --checkpoint-every), the resumed
     run's losses equal an uninterrupted run's, step for step, bit for bit on the CPU."""
@@ -184,6 +190,7 @@ def test_resume_inside_an_epoch_continues_with_the_next_batch(tmp_path):
     assert [r["total_loss"] for r in epoch_rows(tmp_path / "full")] == [r["total_loss"] for r in epoch_rows(tmp_path / "part")]
 
 
+@pytest.mark.slow
 def test_length_evaluation_and_checkpoints_count_steps(tmp_path):
     """--steps sets the length (here 1.5 epochs); evaluation and checkpoints every N steps, plus
     the last step."""
@@ -237,6 +244,7 @@ def test_options_come_from_one_declaration():
                         "--img-size must be a multiple of 32, got 100", "--topk must be >= 1, got 0"]
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_an_80_class_checkpoint(tmp_path, capsys):
     """--init-weights: an 80-class yolo11n checkpoint into a 4-class run re-initialises the class
     outputs (named in the log), loads everything else, and a few training steps lower the loss."""
@@ -265,6 +273,7 @@ def test_fine_tuning_from_an_80_class_checkpoint(tmp_path, capsys):
         str(tmp_path / "ft" / "weights.safetensors"))["model.0.conv.weight"].shape
 
 
+@pytest.mark.slow
 def test_the_ema_is_evaluated_and_exported_and_resumes_exactly(tmp_path, monkeypatch):
     """--recipe ultralytics keeps an EMA: the exported weights are the EMA's (not the raw
     parameters, which the checkpoint keeps too), and a run stopped inside an epoch and resumed

@@ -28,6 +28,7 @@ from tests.helpers import make_batches, randomize_batchnorm, rel_l2, torch_targe
 NOISE_ONLY = {"c2psa.attn.out_proj.bias", "c2psa.attn.in_proj_bias"}
 
 
+@pytest.mark.slow
 def test_trajectory_matches_reference_training_loop():
     num_classes, img_size, epochs, steps_per_epoch, lr = 5, 128, 2, 2, 1e-3
     torch.manual_seed(0)

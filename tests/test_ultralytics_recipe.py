@@ -114,6 +114,7 @@ def _check_state(ours: dict, theirs: dict, floor: float, what: str,
     return worst, worst_update
 
 
+@pytest.mark.slow
 def test_trajectory_matches_reference_loop(tmp_path):
     """Three optimizer steps of the full recipe from uint8 batches match the PyTorch loop: the
     groups, optimizer=auto (AdamW at lr_fit; every lr, the biases' included, rising from 0), the
