@@ -117,7 +117,14 @@ def main():
     ap.add_argument("--dir", type=Path, default=None, help="folder for the JPEGs (default: a temporary one)")
     ap.add_argument("--gpu-images-per-s", type=float, default=412.0)
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--against-step", action="store_true",
+                    help="time the pipeline against a stand-in training step instead (see against_step)")
+    ap.add_argument("--model", default="small", help="--against-step: the network")
+    ap.add_argument("--augment", default="none", choices=("none", "ultralytics"), help="--against-step")
+    ap.add_argument("--steps", type=int, default=30, help="--against-step: timed steps per configuration")
     args = ap.parse_args()
+    if args.against_step:
+        return against_step(args)
     root = args.dir or Path(tempfile.gettempdir()) / f"yolo11_jax_bench_jpegs_{args.images}"
     write_folder(root, args.images)
     data = build_dataset(str(root), split="train", img_size=None, num_classes=80)
@@ -137,6 +144,79 @@ def main():
     for name, per_core in best.items():
         print(f"cores per GPU at {args.gpu_images_per_s:.0f} images/s, augment {name}: "
               f"{args.gpu_images_per_s / per_core:.1f} (at {per_core:.1f} images/s per core)")
+
+
+
+# ----------------------------------------------------------------------------- against the step
+#
+#   python benchmarks/input_pipeline.py --against-step [--model small --augment none --steps 30]
+#
+# The cost of the input path to the training loop, which data_wait_fraction cannot show: the
+# pipeline's threads compete with XLA's for the cores. A stand-in step (the network's forward and
+# backward on a plain loss of its outputs, and an SGD update, jitted, images uint8 -> float32
+# inside) at the cpu config's shape (shapes data, 128 px, batch 16) is timed
+#   * alone, on one batch already in memory (step-only), and
+#   * fed by TrainPipeline (end to end), for in-process threads 1 and 2, with the decoded-image
+#     cache off and on, and for one worker process,
+# each after two untimed steps. Printed: seconds per step and step-only / end-to-end (1.0: the
+# input path costs the step nothing).
+
+
+def against_step(args) -> None:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from yolo11_jax.presets import build_model
+
+    data = build_dataset("shapes", img_size=128)
+    model = build_model(args.model, num_classes=4, rngs=nnx.Rngs(0))
+    model.eval()  # BatchNorm on its running statistics: the stand-in step has no state to update
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    @jax.jit
+    def step(params, rest, images):
+        def loss_fn(p, r):
+            m = nnx.merge(graphdef, p, r)
+            outs = m(images.astype(jnp.float32) / 255.0)
+            return sum(jnp.mean(o.astype(jnp.float32) ** 2) for level in outs for o in level)
+        loss, grads = jax.value_and_grad(loss_fn)(params, rest)
+        return jax.tree.map(lambda p, g: p - 1e-4 * g, params, grads), loss
+
+    augment = ULTRALYTICS if args.augment == "ultralytics" else Augment()
+    first = TrainPipeline(data.examples, batch_size=16, img_size=128, max_boxes=8, augment=augment,
+                          cache_images=False).batch(0)
+    images = jax.device_put(first["images"])
+    p = params
+    for _ in range(2):
+        p, loss = step(p, rest, images)
+    jax.block_until_ready(loss)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        p, loss = step(p, rest, images)
+    jax.block_until_ready(loss)
+    alone = (time.perf_counter() - t0) / args.steps
+    print(f"{os.cpu_count()} CPUs; model {args.model}, 128 px, batch 16, augment {args.augment}; "
+          f"step alone {alone * 1e3:.0f} ms")
+    print(f"{'pipeline':<34}{'s/step':>8}{'step-only / end-to-end':>26}")
+    for label, kw in (("threads 2, no cache (before)", dict(threads=2, cache_images=False)),
+                      ("threads 1, no cache", dict(threads=1, cache_images=False)),
+                      ("threads 2, decoded cache", dict(threads=2, cache_images=True)),
+                      ("threads 1, decoded cache", dict(threads=1, cache_images=True)),
+                      ("1 worker process, decoded cache", dict(workers=1, cache_images=True))):
+        pipe = TrainPipeline(data.examples, batch_size=16, img_size=128, max_boxes=8, augment=augment, seed=1, **kw)
+        it = iter(pipe.dataset(args.steps + 2))
+        p = params
+        for _ in range(2):
+            p, loss = step(p, rest, jax.device_put(next(it)["images"]))
+        jax.block_until_ready(loss)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            p, loss = step(p, rest, jax.device_put(next(it)["images"]))
+        jax.block_until_ready(loss)
+        e2e = (time.perf_counter() - t0) / args.steps
+        print(f"{label:<34}{e2e:>8.3f}{alone / e2e:>26.2f}", flush=True)
+        del it
 
 
 if __name__ == "__main__":

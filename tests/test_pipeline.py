@@ -37,6 +37,7 @@ def _same_batches(a, b):
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
+@pytest.mark.multiprocess
 def test_batches_are_identical_for_any_number_of_workers_and_across_runs(shapes64):
     """With the Ultralytics augmentation on: 0 (in-process threads), 1 and 2 worker processes, and
     a second run, give the same batches bit for bit."""
@@ -201,6 +202,7 @@ def _losses(run_dir):
     return {r["step"]: r["total_loss"] for r in rows if r["kind"] == "interval"}
 
 
+@pytest.mark.multiprocess
 def test_kill_9_inside_an_epoch_then_resume_continues_with_the_next_batch(tmp_path):
     """A run killed with SIGKILL after a checkpoint inside epoch 2, then --resume: every step's loss
     equals an uninterrupted run's, bit for bit on the CPU (augmentation on, so the data pipeline's
@@ -248,8 +250,31 @@ def _rss(n, run_dir):
     return int(out.stdout.split("RSS")[-1])
 
 
+@pytest.mark.multiprocess
 def test_training_memory_does_not_grow_with_the_dataset(tmp_path):
     """Same settings, 20,000 vs 2,000 synthetic images: the RSS after 40 steps differs by less than
-    10% (images are decoded when used and never kept; only the index grows)."""
+    10% (images are decoded when first used; the decoded-image cache, on when the whole index fits
+    its budget, holds only those used so far; only the index grows)."""
     small, large = _rss(2000, tmp_path / "s"), _rss(20000, tmp_path / "l")
     assert abs(large - small) / small < 0.10, (small, large)
+
+
+@pytest.mark.parametrize("augment", [Augment(), ULTRALYTICS])
+def test_decoded_image_cache_gives_the_same_batches(shapes64, augment):
+    from yolo11_jax.data.pipeline import decoded_bytes
+
+    assert decoded_bytes(shapes64) == 48 * S * S * 3
+    plain = TrainPipeline(shapes64, batch_size=8, img_size=S, max_boxes=8, seed=3, augment=augment,
+                          cache_images=False)
+    cached = TrainPipeline(shapes64, batch_size=8, img_size=S, max_boxes=8, seed=3, augment=augment)
+    assert cached.cache_images and not plain.cache_images  # 48 small images fit the budget
+    _same_batches([plain.batch(s) for s in range(7)], [cached.batch(s) for s in range(7)])
+    assert len(cached.make_sample._decoded) == 48  # one epoch and a bit: every image decoded once
+    _same_batches(list(plain.dataset(3)), list(cached.dataset(3)))
+
+
+def test_threads_by_core_count():
+    from yolo11_jax.data.pipeline import _read_options, default_threads
+
+    assert [default_threads(c) for c in (1, 2, 4, 8, 64)] == [2, 2, 2, 4, 8]
+    assert _read_options(0, 3).num_threads == 3 and _read_options(2).num_threads == 1

@@ -29,6 +29,7 @@ next batch, also in the middle of an epoch.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import warnings
 from typing import Iterator, Optional, Sequence
@@ -73,10 +74,13 @@ class MakeSample:
     """
 
     def __init__(self, source, *, img_size: int, max_boxes: int, letterbox: bool = False,
-                 augment: Augment = Augment(), seed: int = 0, epochs: Optional[int] = None) -> None:
+                 augment: Augment = Augment(), seed: int = 0, epochs: Optional[int] = None,
+                 cache_images: bool = False) -> None:
         self.source, self.img_size, self.max_boxes, self.letterbox = source, img_size, max_boxes, letterbox
         self.augment, self.seed, self.epochs = augment, seed, epochs
+        self.cache_images = cache_images
         self._cache: dict = {}
+        self._decoded: dict = {}
         self._lock = threading.Lock()
 
     def _load_pil(self, index: int) -> tuple[Image.Image, int, int]:
@@ -87,7 +91,14 @@ class MakeSample:
             j = (index + tries) % n
             try:
                 if isinstance(self.source, RecordSource):
-                    return self.source.load_pil(j), j, tries
+                    if not self.cache_images:
+                        return self.source.load_pil(j), j, tries
+                    pil = self._decoded.get(j)  # decoded once per process, kept for the run
+                    if pil is None:
+                        pil = self.source.load_pil(j)
+                        with self._lock:
+                            self._decoded[j] = pil
+                    return pil, j, tries
                 return Image.fromarray(self.source[j].image), j, tries
             except UnreadableImageError as err:
                 warnings.warn(f"{err}; replaced by the next readable record", stacklevel=2)
@@ -113,11 +124,11 @@ class MakeSample:
                     self._cache.pop(next(iter(self._cache)))
         return hit
 
-    def __getstate__(self):  # the cache (and its lock) stay in each process
-        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_lock")}
+    def __getstate__(self):  # the caches (and their lock) stay in each process
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_decoded", "_lock")}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _cache={}, _lock=threading.Lock())
+        self.__dict__.update(state, _cache={}, _decoded={}, _lock=threading.Lock())
 
     def __call__(self, element) -> dict[str, np.ndarray]:
         epoch, index = int(element[0]), int(element[1])
@@ -207,9 +218,28 @@ def _process_shard(batch_size: int, shard: Optional[tuple[int, int]]) -> tuple[i
     return shard
 
 
-def _read_options(workers: int) -> grain.ReadOptions:
-    # In this process: a few threads (PIL releases the GIL while decoding and resizing).
-    return grain.ReadOptions(num_threads=2 if workers == 0 else 1, prefetch_buffer_size=8)
+def default_threads(cpu_count: Optional[int] = None) -> int:
+    """Threads that make samples in this process (``workers=0``), by core count: 2 up to 4 cores,
+    then half the cores, at most 8. On 2 cores one thread was not faster end to end than two
+    (``benchmarks/input_pipeline.py --against-step``): the lever there is the decoded-image
+    cache, which cuts the pipeline's CPU time per batch 2.4-4.4x (``cache_images``)."""
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return max(2, min(8, cores // 2))
+
+
+CACHE_BUDGET_BYTES = 1 << 30
+"""Decoded images are kept (``cache_images=None``) when the whole index fits in this many bytes."""
+
+
+def decoded_bytes(source) -> int:
+    """The bytes of every decoded image of ``source`` (``width x height x 3``, from the index)."""
+    return sum(int(r.size[0]) * int(r.size[1]) * 3 for r in getattr(source, "records", []))
+
+
+def _read_options(workers: int, threads: Optional[int] = None) -> grain.ReadOptions:
+    # In this process: threads (PIL releases the GIL while decoding and resizing); in a worker: 1.
+    n = (threads if threads is not None else default_threads()) if workers == 0 else 1
+    return grain.ReadOptions(num_threads=n, prefetch_buffer_size=8)
 
 
 class TrainPipeline:
@@ -227,11 +257,16 @@ class TrainPipeline:
         boxes (:func:`~yolo11_jax.data.box_counts.trim_boxes`): the step then costs what the
         batch holds, with one compilation per pad size met. One process only (the processes of a
         global batch must agree on its shape).
+      threads: sample-making threads in this process when ``workers == 0`` (default
+        :func:`default_threads`: by core count).
+      cache_images: keep each decoded image for the run (per process); ``None``: when the index's
+        decoded images fit in :data:`CACHE_BUDGET_BYTES` (:func:`decoded_bytes`).
     """
 
     def __init__(self, source, *, batch_size: int, img_size: int, max_boxes: int = 100, seed: int = 0,
                  letterbox: bool = False, augment: Augment = Augment(), epochs: Optional[int] = None,
-                 workers: int = 0, shard: Optional[tuple[int, int]] = None, trim_boxes: bool = False) -> None:
+                 workers: int = 0, shard: Optional[tuple[int, int]] = None, trim_boxes: bool = False,
+                 threads: Optional[int] = None, cache_images: Optional[bool] = None) -> None:
         if batch_size < 1 or img_size < 1 or max_boxes < 1:
             raise ValueError(f"batch_size, img_size and max_boxes must be >= 1, got {batch_size}, {img_size}, {max_boxes}")
         if workers < 0:
@@ -245,9 +280,12 @@ class TrainPipeline:
         if trim_boxes and shard[1] > 1:
             raise ValueError(f"trim_boxes needs one process; this run has {shard[1]} (pass an explicit max_boxes)")
         self.source, self.batch_size, self.workers, self.shard = source, batch_size, workers, shard
-        self.trim_boxes = trim_boxes
+        self.trim_boxes, self.threads = trim_boxes, threads
+        if cache_images is None:
+            cache_images = isinstance(source, RecordSource) and decoded_bytes(source) <= CACHE_BUDGET_BYTES
+        self.cache_images = cache_images
         self.make_sample = MakeSample(source, img_size=img_size, max_boxes=max_boxes, letterbox=letterbox,
-                                      augment=augment, seed=seed, epochs=epochs)
+                                      augment=augment, seed=seed, epochs=epochs, cache_images=cache_images)
         self.order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
         self.position = _Position(self.order, len(source), batch_size, *shard)
 
@@ -263,7 +301,7 @@ class TrainPipeline:
         ds = ds.batch(local, drop_remainder=True)
         if self.trim_boxes:
             ds = ds.map(trim_boxes)
-        ds = ds.to_iter_dataset(_read_options(self.workers))
+        ds = ds.to_iter_dataset(_read_options(self.workers, self.threads))
         return _worker_processes(ds, self.workers)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
