@@ -102,6 +102,121 @@ def print_summary(s: dict, steps: int = 1) -> None:
         print(f"    {100 * us / total:5.1f}%  {us / 1e3 / steps:9.3f} ms/step  {name[:110]}")
 
 
+# ---- The step's time by the part of the program that issued each operation (CPU traces).
+# Each trace event is one top-level HLO instruction (a fusion, a convolution, a copy ...), named as
+# in the compiled module's text (``compiled.as_text()``), whose metadata carries the jax name
+# stack (``op_name``: ``transpose(jvp(...))`` marks the backward pass) and the Python stack that
+# traced it (``stack_frame_id``, resolved through the module's StackFrames tables).
+
+# (part, pattern on the innermost "file:function" frame that traced the instruction). First match wins.
+PART_RULES = (
+    ("conv kernel grad (taps)", re.compile(r"kernels\.py:weight_grad_by_shifted_dots")),
+    ("depthwise (taps)", re.compile(r"kernels\.py:depthwise_conv_by_taps")),
+    ("attention", re.compile(r"Attention|_attention|attention\.py:")),
+    ("BatchNorm", re.compile(r"model\.py:BatchNorm")),
+    ("assigner + loss", re.compile(r"(loss|assign)[a-z_]*\.py:|iou\.py:|anchors\.py:")),
+    ("optimizer + EMA + norms", re.compile(r"optax|optim[a-z_]*\.py:|ema\.py:|step\.py:(make_train_step|global_norm)")),
+    ("conv", re.compile(r"kernels\.py:|linear\.py:")),
+    ("activations, adds, concat", re.compile(r"model\.py:|yolo11\.py:")),
+)
+
+
+def _tables(hlo_text: str) -> dict[int, list[str]]:
+    """stack_frame_id -> ["file:function", ...] innermost first, from the module's tables."""
+    def section(name):
+        m = re.search(rf"\n{name}\n(.*?)(?:\n\n|\Z)", hlo_text, re.S)
+        return m.group(1).splitlines() if m else []
+    files = {int(a): b.strip('"') for a, b in (l.split(" ", 1) for l in section("FileNames"))}
+    funcs = {int(a): b.strip('"') for a, b in (l.split(" ", 1) for l in section("FunctionNames"))}
+    locs = {}
+    for line in section("FileLocations"):
+        i, rest = line.split(" ", 1)
+        f = int(re.search(r"file_name_id=(\d+)", rest).group(1))
+        fn = int(re.search(r"function_name_id=(\d+)", rest).group(1))
+        locs[int(i)] = f"{os.path.basename(files.get(f, '?'))}:{funcs.get(fn, '?')}"
+    parents, frame_loc = {}, {}
+    for line in section("StackFrames"):
+        i, rest = line.split(" ", 1)
+        frame_loc[int(i)] = int(re.search(r"file_location_id=(\d+)", rest).group(1))
+        parents[int(i)] = int(re.search(r"parent_frame_id=(\d+)", rest).group(1))
+    stacks = {}
+    for fid in frame_loc:
+        chain, seen, cur = [], set(), fid
+        while cur in frame_loc and cur not in seen:
+            seen.add(cur)
+            chain.append(locs.get(frame_loc[cur], "?"))
+            cur = parents.get(cur, 0)
+        stacks[fid] = chain
+    return stacks
+
+
+def instruction_parts(hlo_text: str) -> dict[str, str]:
+    """Top-level instruction name -> part of the step: :data:`PART_RULES` on the innermost Python
+    frame that traced it, convolutions split into forward / input grad / kernel grad (``op_name``
+    ``transpose(...)`` is the backward pass; a kernel gradient's convolution does not have the
+    batch first in its input's ``dim_labels``), copies and layout changes by kind."""
+    stacks = _tables(hlo_text)
+    bodies = {m.group(1): m.group(2) for m in re.finditer(r"\n%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}\n", hlo_text, re.S)}
+    entry = re.search(r"\nENTRY [^\n]*\{\n(.*?)\n\}\n", hlo_text, re.S)
+    out = {}
+    for line in (entry.group(1) if entry else hlo_text).splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w-]+)\(", line)
+        if not m:
+            continue
+        name, kind = m.groups()
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        op_name = op_name.group(1) if op_name else ""
+        frame = re.search(r"stack_frame_id=(\d+)", line)
+        inner = (stacks.get(int(frame.group(1))) or ["?"])[0] if frame else "?"
+        called = re.search(r"calls=%?([\w.\-]+)", line)
+        full = line + "\n" + (bodies.get(called.group(1), "") if called else "")
+        backward = "transpose(" in op_name
+        part = next((label for label, pattern in PART_RULES if pattern.search(inner)), None)
+        if part in ("conv", "activations, adds, concat", None) and " convolution(" in full:
+            labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", full)
+            if "feature_group_count" in full:
+                part = "grouped conv (lax)"
+            elif not backward:
+                part = "conv forward"
+            else:
+                part = "conv kernel grad" if labels and not labels.group(1).startswith("b") else "conv input grad"
+        elif part == "conv" and backward and "kernels.py:" in inner:
+            # a custom_vjp's backward is traced under its forward call's frame: the taps' slices and dots
+            part = "conv kernel grad (taps)"
+        elif part is None or part == "conv":
+            if kind in ("copy", "transpose", "bitcast") or re.search(r"copy|transpose", name):
+                part = "copies / layout"
+            else:
+                part = part or "other"
+        if part in ("depthwise (taps)", "BatchNorm", "attention", "activations, adds, concat"):
+            part += " bwd" if backward else " fwd"
+        out[name] = part
+    return out
+
+
+def breakdown(trace_dir: str, hlo_text: str) -> dict[str, float]:
+    """{part: microseconds} of the trace's events, parts by :func:`instruction_parts`."""
+    path = find_trace(trace_dir)
+    with gzip.open(path) as f:
+        data = json.load(f)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    parts = instruction_parts(hlo_text)
+    totals = collections.Counter()
+    for e in events:
+        if e.get("ph") != "X" or _HOST_NOISE.search(e.get("name", "")):
+            continue
+        if e["name"] in parts:
+            totals[parts[e["name"]]] += float(e.get("dur", 0.0))
+    return dict(totals)
+
+
+def print_breakdown(parts: dict[str, float], steps: int = 1) -> None:
+    total = sum(parts.values()) or 1.0
+    print(f"  step by part ({total / 1e3 / steps:.1f} ms of XLA work per step):")
+    for part, us in sorted(parts.items(), key=lambda t: -t[1]):
+        print(f"    {part:32s} {100 * us / total:5.1f}%  {us / 1e3 / steps:9.2f} ms/step")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("trace_dir", help="a folder with a perfetto_trace.json.gz below it, or such a file")

@@ -1,5 +1,25 @@
 """Time one full training step (forward, loss, backward, optimizer) in JAX and in reference_torch.
 
+Two recipes (``--recipe``; by default the model's own: ``ultralytics`` for ``yolo11*``, else
+``notebook``):
+
+* ``ultralytics``: Ultralytics' YOLO11 step on both sides: forward, ``v8DetectionLoss`` (its
+  assigner), backward of ``batch * loss``, clipping at 10, AdamW with the three parameter groups
+  (``optim_ultralytics.ultralytics_recipe``, accumulation 1: ``nbs`` = batch) and the EMA; the
+  PyTorch side is ``reference_torch.YOLO11`` with ``UltralyticsDetectionLoss`` and the
+  optimizer, clipping and ``ModelEMA`` of ``reference_torch.ultralytics_train``, written with
+  Ultralytics' rules, on ``--torch-threads`` threads. The two sides are timed **interleaved**:
+  ``--rounds`` rounds of ``--steps-per-round`` JAX steps then as many torch steps, so that a
+  busy machine slows both alike; it prints each side's median round and the ratio torch / JAX
+  (> 1: JAX faster). ``--conv-impl lax,cpu_taps`` compares the convolution kernels
+  (``yolo11_jax.kernels``) in one run.
+
+      python benchmarks/train_step.py --model yolo11n --img-size 128 --batch-size 16
+      python benchmarks/train_step.py --model yolo11n --img-size 640 --batch-size 4 --rounds 3
+      python benchmarks/train_step.py --model yolo11s --img-size 128 --batch-size 16 --conv-impl lax,cpu_taps
+
+* ``notebook``: the notebook's network, loss and AdamW, below.
+
 Run (CPU):
     python benchmarks/train_step.py --model small --img-size 128 --batch 16
     python benchmarks/train_step.py --model notebook --img-size 640 --batch 4 --repeats 3
@@ -36,12 +56,26 @@ import time
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="small", help="network preset: notebook, small, tiny")
+    ap.add_argument("--model", default="small", help="network preset: notebook, small, tiny, yolo11n ... yolo11x")
+    ap.add_argument("--recipe", default=None, choices=("notebook", "ultralytics"),
+                    help="the step timed (default: ultralytics for yolo11* models, else notebook)")
     ap.add_argument("--img-size", type=int, default=128)
-    ap.add_argument("--batch", default="16", help="global batch size(s), comma-separated")
+    ap.add_argument("--batch", "--batch-size", dest="batch", default="16",
+                    help="global batch size(s), comma-separated")
+    ap.add_argument("--conv-impl", default="cpu_taps",
+                    help="convolution kernels of the JAX model, comma-separated: lax, cpu_taps (yolo11_jax.kernels)")
+    ap.add_argument("--rounds", type=int, default=5, help="ultralytics recipe: interleaved timing rounds")
+    ap.add_argument("--steps-per-round", type=int, default=2, help="ultralytics recipe: steps per side per round")
+    ap.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (default: %(default)s)")
+    ap.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE", "default"),
+                    help="OMP_WAIT_POLICY for torch's OpenMP threads (default: %(default)s). On a machine whose cores "
+                         "other jobs share, the default spin-waiting made the torch step 20x slower (RESULTS.md)")
+    ap.add_argument("--compile-cache", default="", metavar="DIR",
+                    help="JAX's persistent compilation cache folder (yolo11_jax.compile_cache; default: off)")
     ap.add_argument("--dtype", default="float32", help="JAX compute dtype(s): float32, bfloat16 (comma-separated)")
     ap.add_argument("--devices", default="1", help="data-parallel device count(s), comma-separated")
-    ap.add_argument("--classes", type=int, default=80)
+    ap.add_argument("--classes", type=int, default=None,
+                    help="default: 3 for the ultralytics recipe (the fine-tuning jobs of issue 25), else 80")
     ap.add_argument("--max-boxes", type=int, default=8)
     ap.add_argument("--assigner", default="dense", choices=("dense", "chunked", "chunked-sparse"),
                     help="label assignment, as train --assigner (dense: the spec)")
@@ -65,10 +99,17 @@ def parse_args(argv=None):
     args.batches = [int(b) for b in args.batch.split(",")]
     args.dtypes = args.dtype.split(",")
     args.device_counts = [int(d) for d in args.devices.split(",")]
+    args.conv_impls = args.conv_impl.split(",")
+    if args.recipe is None:
+        args.recipe = "ultralytics" if args.model.startswith("yolo11") else "notebook"
+    if args.classes is None:
+        args.classes = 3 if args.recipe == "ultralytics" else 80
     return args
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None and ARGS.omp_wait_policy != "default":
+    os.environ["OMP_WAIT_POLICY"] = ARGS.omp_wait_policy  # read when torch's OpenMP runtime starts
 if ARGS is not None and max(ARGS.device_counts) > 1 and "xla_force_host_platform_device_count" not in \
         os.environ.get("XLA_FLAGS", ""):
     # Only the host (CPU) platform is affected; must be set before JAX starts.
@@ -154,7 +195,7 @@ def main(args):
     # the cheaper-to-compile 'rbg' generator makes the throwaway initialisation fast.
     prng = jax.config.jax_default_prng_impl
     jax.config.update("jax_default_prng_impl", "rbg")
-    model = build_model(args.model, num_classes=args.classes, rngs=nnx.Rngs(0))
+    model = build_model(args.model, num_classes=args.classes, conv_impl=args.conv_impls[0], rngs=nnx.Rngs(0))
     jax.config.update("jax_default_prng_impl", prng)
     convert.load_state_dict(model, ref.state_dict())
     model.train()
@@ -325,5 +366,117 @@ def run_torch_and_release(args, ref) -> dict:
     return out
 
 
+def main_ultralytics(args):
+    """The Ultralytics-recipe step, JAX vs reference_torch, timed interleaved (see the docstring)."""
+    import functools
+
+    from reference_torch import ultralytics_train as UT
+    from reference_torch.ultralytics_loss import UltralyticsDetectionLoss
+    from reference_torch.yolo11 import YOLO11 as TorchYOLO11
+    from yolo11_jax.loss_ultralytics import ultralytics_detection_loss
+    from yolo11_jax.optim_ultralytics import auto_optimizer, ultralytics_recipe
+    from yolo11_jax.step import init_train_state
+
+    from yolo11_jax import compile_cache
+    compile_cache.enable(args.compile_cache or None)
+    torch.set_num_threads(args.torch_threads)
+    p = get_preset(args.model)
+    if p.family != "yolo11":
+        raise SystemExit(f"--recipe ultralytics times the YOLO11 family; got --model {args.model}")
+    dev = jax.devices()[0]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__} ({dev.platform}); "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; torch {torch.__version__} ({torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+    print(f"Ultralytics-recipe step: {args.model}, {args.classes} classes, {args.img_size} px, batches {args.batches}, "
+          f"conv_impl {args.conv_impls}; {args.rounds} rounds x {args.steps_per_round} steps per side, interleaved")
+    torch.manual_seed(0)
+    ref = TorchYOLO11(p.scale, nc=args.classes).train()
+    sd = ref.state_dict()
+    results = []
+    for batch_size in args.batches:
+        batch = make_batch(batch_size, args.img_size, args.classes, args.max_boxes)
+        iterations = 1000  # Ultralytics' 'auto' picks AdamW at lr_fit below 10,000 iterations
+        name, lr, momentum = auto_optimizer(args.classes, iterations)
+        # ---- torch: Ultralytics' rules (reference_torch.ultralytics_train), accumulation 1 (nbs = batch)
+        tref = TorchYOLO11(p.scale, nc=args.classes)
+        tref.load_state_dict(sd)
+        tref.train()
+        loss_t = UltralyticsDetectionLoss(args.classes, img_size=args.img_size)
+        opt = UT.build_optimizer(tref, name, lr, momentum, 5e-4)  # 5e-4 * batch * accumulate / nbs, nbs = batch
+        ema_t = UT.ModelEMA(tref)
+        imgs = torch.from_numpy(batch["images"]).permute(0, 3, 1, 2).contiguous()
+        gtb = [torch.from_numpy(batch["boxes_cxcywh"][i][batch["mask"][i]]) for i in range(batch_size)]
+        gtl = [torch.from_numpy(batch["labels"][i][batch["mask"][i]]).long() for i in range(batch_size)]
+
+        def torch_step():
+            total, _ = loss_t(tref(imgs), gtb, gtl)
+            (total * batch_size).backward()
+            torch.nn.utils.clip_grad_norm_(tref.parameters(), max_norm=10.0)
+            opt.step()
+            opt.zero_grad()
+            ema_t.update(tref)
+
+        # ---- JAX: every conv_impl, the same weights
+        jax_steps = {}
+        for impl in args.conv_impls:
+            model = build_model(args.model, num_classes=args.classes, conv_impl=impl, rngs=nnx.Rngs(0))
+            convert.load_state_dict(model, sd)
+            model.train()
+            graphdef, params, rest = split_model(model)
+            tx, schedule, _ = ultralytics_recipe(params, optimizer="auto", num_classes=args.classes,
+                                                 batch_size=batch_size, steps_per_epoch=100, epochs=10,
+                                                 iterations=iterations, nbs=batch_size)
+            loss = functools.partial(ultralytics_detection_loss, img_size=args.img_size, num_classes=args.classes)
+            step = make_train_step(graphdef, tx, loss=loss, hyperparams_fn=schedule, loss_scale="batch")
+            state = init_train_state(params, rest, tx, ema=True)
+            t0 = time.perf_counter()
+            compiled = step.lower(state, batch).compile()
+            compile_s = time.perf_counter() - t0
+            holder = {"state": state}
+
+            def jax_step(compiled=compiled, holder=holder):
+                holder["state"], m = compiled(holder["state"], batch)
+                jax.block_until_ready(m)
+
+            jax_step()  # warm-up
+            jax_steps[impl] = (jax_step, compile_s, compiled)
+        torch_step()  # warm-up
+        rounds = {impl: [] for impl in args.conv_impls}
+        rounds["torch"] = []
+        sides = [(impl, jax_steps[impl][0]) for impl in args.conv_impls] + [("torch", torch_step)]
+        for _ in range(args.rounds):
+            for side, fn in sides:
+                t0 = time.perf_counter()
+                for _ in range(args.steps_per_round):
+                    fn()
+                rounds[side].append((time.perf_counter() - t0) / args.steps_per_round)
+        torch_ms = 1e3 * float(np.median(rounds["torch"]))
+        print(f"torch  batch {batch_size:3d}: {torch_ms:8.1f} ms/step (median of rounds; "
+              f"{', '.join(f'{1e3 * t:.0f}' for t in rounds['torch'])})")
+        for impl in args.conv_impls:
+            ms = 1e3 * float(np.median(rounds[impl]))
+            per_round = np.median(np.asarray(rounds["torch"]) / np.asarray(rounds[impl]))
+            if args.profile:
+                trace_dir = os.path.join(args.profile, f"{args.model}_{args.img_size}_b{batch_size}_{impl}")
+                with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+                    for _ in range(args.profile_steps):
+                        jax_steps[impl][0]()
+                trace_summary.print_summary(trace_summary.summarize(trace_dir), args.profile_steps)
+                hlo_text = jax_steps[impl][2].as_text()
+                with open(os.path.join(trace_dir, "step.hlo.txt"), "w") as f:
+                    f.write(hlo_text)
+                trace_summary.print_breakdown(trace_summary.breakdown(trace_dir, hlo_text), args.profile_steps)
+            print(f"JAX    batch {batch_size:3d} conv_impl {impl:8s}: {ms:8.1f} ms/step (median of rounds; "
+                  f"{', '.join(f'{1e3 * t:.0f}' for t in rounds[impl])}), compile {jax_steps[impl][1]:.1f} s")
+            print(f"ratio torch / JAX ({args.model}, {args.img_size} px, batch {batch_size}, {impl}): "
+                  f"{torch_ms / ms:.2f}x (median per-round ratio {per_round:.2f}x; > 1: JAX faster)", flush=True)
+            results.append(dict(batch=batch_size, conv_impl=impl, jax_ms=ms, torch_ms=torch_ms,
+                                ratio=torch_ms / ms, compile_s=jax_steps[impl][1]))
+    return results
+
+
 if __name__ == "__main__":
-    main(ARGS)
+    if ARGS.recipe == "ultralytics":
+        main_ultralytics(ARGS)
+    else:
+        main(ARGS)

@@ -44,6 +44,14 @@ def test_kernel_gradient_matches_lax(k, stride, hw, cin, cout):
     assert rel_err(gw, rw) <= 1e-5
 
 
+def test_cpu_depthwise_leaves_plain_convolutions_to_lax():
+    x, w = jnp.ones((1, 8, 8, 4), jnp.float32), jnp.ones((3, 3, 4, 4), jnp.float32)
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, DN)
+    jaxpr = str(jax.make_jaxpr(lambda x: K.conv_function("cpu_depthwise")(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                                          dimension_numbers=dn))(x))
+    assert "custom_vjp" not in jaxpr and "conv_general_dilated" in jaxpr
+
+
 def test_other_convolutions_fall_back_to_lax():
     x = jnp.ones((1, 8, 8, 4), jnp.float32)
     w = jnp.ones((3, 3, 4, 4), jnp.float32)
@@ -80,6 +88,10 @@ def test_depthwise_convolution_by_taps_matches_lax(k, stride, hw, c):
                                             feature_group_count=c)
 
     assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, w))  # the taps path is really taken
+    cpu_depthwise = K.conv_function("cpu_depthwise")
+    dw_jaxpr = str(jax.make_jaxpr(lambda x, w: cpu_depthwise(x, w, (stride, stride), pad, dimension_numbers=dn,
+                                                             feature_group_count=c))(x, w))
+    assert "conv_general_dilated" not in dw_jaxpr and "custom_vjp" not in dw_jaxpr  # the same taps, plain jnp
     got, want = jax.jit(ours)(x, w), jax.jit(theirs)(x, w)
     assert got.shape == want.shape
     assert float(jnp.max(jnp.abs(got - want))) <= 1e-6 * float(jnp.max(jnp.abs(want)))
@@ -98,6 +110,7 @@ def test_networks_use_the_kernels_they_are_built_with():
         assert convs and all(c.conv_general_dilated is K.CONV_IMPLS[impl] for c in convs)
         assert model.conv_impl == impl and K.conv_impl_of(model) == impl
     assert K.conv_impl_of(K.set_conv_impl(yolo, "lax")) == "lax"
+    assert K.conv_impl_of(K.set_conv_impl(yolo, "cpu_depthwise")) == "cpu_depthwise"
     with pytest.raises(ValueError, match="unknown conv_impl 'taps'"):
         build_model("tiny", conv_impl="taps", rngs=nnx.Rngs(0))
 

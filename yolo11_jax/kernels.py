@@ -6,14 +6,20 @@
 ``"lax"`` (the library default)
     ``jax.lax.conv_general_dilated`` itself. Every JAX transformation works through it:
     ``grad``, ``vjp``, ``jvp``, ``linearize``, ``jacfwd``, ``hessian``.
+``"cpu_depthwise"``
+    :func:`cpu_depthwise_conv_general_dilated`: depthwise convolutions (YOLO11's ``DWConv`` and
+    attention ``pe``) run as a sum over taps (:func:`depthwise_conv_by_taps`, plain ``jnp``, so
+    every transformation works, ``jvp`` included); every other convolution is lax's. XLA's CPU
+    backend runs depthwise convolutions an order of magnitude slower than this form; its plain
+    convolutions, kernel gradients included, are fastest as they are at YOLO11's sizes.
 ``"cpu_taps"``
-    :func:`cpu_taps_conv_general_dilated`, faster on XLA's CPU backend for training and
-    inference (figures in ``benchmarks/RESULTS.md``). Plain convolutions keep lax's forward
-    pass and input gradient and take their kernel gradient as one matmul per kernel tap
-    (a ``jax.custom_vjp``, so forward-mode autodiff, ``jvp`` / ``jacfwd`` / ``hessian``, does
-    not go through it); depthwise convolutions run as a sum over taps (plain ``jnp``, every
-    transformation works). The values equal lax's up to float summation order
-    (tests/test_conv.py).
+    :func:`cpu_taps_conv_general_dilated`: as ``"cpu_depthwise"``, and plain convolutions keep
+    lax's forward pass and input gradient but take their kernel gradient as one matmul per
+    kernel tap (a ``jax.custom_vjp``, so forward-mode autodiff, ``jvp`` / ``jacfwd`` /
+    ``hessian``, does not go through it). Faster than lax's kernel gradient for the notebook's
+    wide layers, 3x slower for YOLO11n's narrow ones (figures in ``benchmarks/RESULTS.md``).
+
+The values of both equal lax's up to float summation order (tests/test_conv.py).
 
 Nothing here looks at the backend or the environment: a model runs the kernels it was built
 with (``presets.build_model(..., conv_impl=...)``, or :func:`set_conv_impl` on any network),
@@ -107,7 +113,8 @@ def depthwise_conv_by_taps(x: jax.Array, kernel: jax.Array, strides: tuple[int, 
 
 
 def cpu_taps_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                                  dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+                                  dimension_numbers=None, feature_group_count=1, precision=None, *,
+                                  plain_taps_wgrad: bool = True, **kwargs):
     """``lax.conv_general_dilated``'s signature, for ``nnx.Conv(conv_general_dilated=...)``
     (``conv_impl="cpu_taps"``). For NHWC inputs with explicit padding and no dilation:
 
@@ -116,7 +123,8 @@ def cpu_taps_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilatio
       and attention ``pe``) run as :func:`depthwise_conv_by_taps`.
 
     Every other convolution (grouped, dilated, string padding, bfloat16 depthwise, a precision
-    or extra option) is lax's, unchanged."""
+    or extra option) is lax's, unchanged. ``plain_taps_wgrad=False`` leaves plain convolutions to
+    lax too (``conv_impl="cpu_depthwise"``)."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}  # nnx.Conv passes out_sharding=None
     plain_nhwc = (not kwargs and precision is None
                   and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
@@ -124,7 +132,7 @@ def cpu_taps_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilatio
                   and _is_nhwc(dimension_numbers, lhs.ndim))
     if plain_nhwc:
         strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
-        if feature_group_count == 1:
+        if feature_group_count == 1 and plain_taps_wgrad:
             return conv_nhwc_taps_wgrad(lhs, rhs, strides, pads)
         depthwise = (rhs.shape[2] == 1 and rhs.shape[3] == feature_group_count == lhs.shape[3]
                      and lhs.dtype in (jnp.float32, jnp.float64) and rhs.dtype == lhs.dtype)
@@ -132,6 +140,15 @@ def cpu_taps_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilatio
             return depthwise_conv_by_taps(lhs, rhs, strides, pads)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision, **kwargs)
+
+
+def cpu_depthwise_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                                       dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """``lax.conv_general_dilated``'s signature (``conv_impl="cpu_depthwise"``): float32 / float64
+    NHWC depthwise convolutions as :func:`depthwise_conv_by_taps`, every other one lax's."""
+    return cpu_taps_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                         dimension_numbers, feature_group_count, precision,
+                                         plain_taps_wgrad=False, **kwargs)
 
 
 def _is_nhwc(dimension_numbers, ndim) -> bool:
@@ -146,13 +163,14 @@ def _is_nhwc(dimension_numbers, ndim) -> bool:
 # conv_impl name -> the function nnx.Conv calls.
 CONV_IMPLS: dict[str, Callable] = {
     "lax": jax.lax.conv_general_dilated,
+    "cpu_depthwise": cpu_depthwise_conv_general_dilated,
     "cpu_taps": cpu_taps_conv_general_dilated,
 }
 DEFAULT_CONV_IMPL = "lax"
 
 
 def conv_function(conv_impl: str) -> Callable:
-    """The convolution function of ``conv_impl`` ("lax" or "cpu_taps")."""
+    """The convolution function of ``conv_impl`` ("lax", "cpu_depthwise" or "cpu_taps")."""
     try:
         return CONV_IMPLS[conv_impl]
     except KeyError:

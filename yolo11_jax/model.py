@@ -30,8 +30,9 @@ Differences from PyTorch that matter for parity (see docs/parity.md):
 * The DFL projection ``proj`` is a frozen ``nn.Parameter`` in the notebook;
   here it is a constant, so it is not a trainable ``nnx.Param``.
 
-The convolutions are lax's unless the network is built with ``conv_impl="cpu_taps"``
-(``kernels.py``: faster on XLA's CPU backend, the same values up to summation order).
+The convolutions are lax's unless the network is built with ``conv_impl="cpu_depthwise"`` or
+``"cpu_taps"`` (``kernels.py``: faster on XLA's CPU backend, the same values up to summation
+order).
 """
 
 from __future__ import annotations
@@ -354,8 +355,8 @@ class YOLOv11(nnx.Module):
       in_channels: image channels (3).
       dtype: compute dtype of the convolutions and the attention (``None``: the inputs'
         dtype, i.e. float32). ``jnp.bfloat16`` is mixed precision: see ``set_compute_dtype``.
-      conv_impl: the convolution kernels, ``"lax"`` (default) or ``"cpu_taps"`` (faster on
-        CPU; see ``kernels.py``).
+      conv_impl: the convolution kernels, ``"lax"`` (default), ``"cpu_depthwise"`` or
+        ``"cpu_taps"`` (faster on CPU; see ``kernels.py``).
       rngs: parameter initialisation keys.
 
     Call ``model(images)`` with images ``(B, H, W, in_channels)``, H and W
