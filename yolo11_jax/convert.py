@@ -435,8 +435,10 @@ def check_architecture(model: YOLO11, records: Mapping[str, dict], path: str = "
                   "Detect": {"nc": getattr(m, "num_classes", None), "reg_max": getattr(m, "reg_max", None),
                              "legacy": False, "end2end": False}}.get(cls, {})
         for attr, ours in checks.items():
-            if attr in rec and bool(rec[attr]) != bool(ours) if isinstance(ours, bool) else \
-                    attr in rec and rec[attr] != ours:
+            if attr not in rec:
+                continue
+            differs = bool(rec[attr]) != ours if isinstance(ours, bool) else rec[attr] != ours
+            if differs:
                 problems.append(f"record {key}.{attr} is {rec[attr]!r}; this network has {ours!r}")
     for key, m in nnx_modules.items():
         name = type(m).__name__
