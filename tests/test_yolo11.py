@@ -198,6 +198,7 @@ def test_forward_matches_reference_in_eval_mode(scale):
     assert max(errors.values()) <= TOL, errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [
     Variant(sppf_act=False),                                    # Ultralytics 8.4.30 .. 8.4.60 files
     Variant(sppf_act=False, sppf_n=2, sppf_shortcut=True),      # SPPF's n and add, as 8.4 can record them
