@@ -182,3 +182,19 @@ def test_keep_class_rows_on_a_model(preset):
             np.testing.assert_array_equal(after[p + "bias"][2], sd[p + "bias"][0])
     # yolo11n's class branch is max(64, min(nc, 100)) wide: 64 at 3 and at 5 classes, so its rows are kept
     assert len(kept.layers) == len(new.class_output_prefixes()) and not kept.skipped
+
+
+def test_keep_class_rows_when_the_branch_width_changes():
+    """yolo11n's class branch is max(64, min(classes, 100)) wide: 80 at COCO's 80 classes, 64 at 3,
+    so its class layers take other inputs and no row can be kept (the summary says why)."""
+    old = build_model("yolo11n", num_classes=80, rngs=nnx.Rngs(1))
+    sd = convert.to_state_dict(old)
+    new = build_model("yolo11n", num_classes=3, rngs=nnx.Rngs(2))
+    convert.load_pretrained(new, sd)
+    before = convert.to_state_dict(new)
+    coco_like = [f"c{i}" for i in range(78)] + ["car", "person"]
+    kept = keep_class_rows(new, sd, coco_like, ["person", "zebra", "car"])
+    assert kept.pairs == ((0, 79), (2, 78)) and kept.layers == () and len(kept.skipped) == 3
+    assert "no class layer could keep them" in kept.summary(["person", "zebra", "car"])
+    after = convert.to_state_dict(new)
+    assert all(np.array_equal(after[k], before[k]) for k in before)

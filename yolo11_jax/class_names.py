@@ -208,6 +208,9 @@ class KeptRows:
     def summary(self, new_names: Sequence[str]) -> str:
         if not self.pairs:
             return "class rows: no class name is shared with the checkpoint; the class layers stay initialised"
+        if not self.layers:
+            return (f"class rows: {len(self.pairs)} class names are shared with the checkpoint, but no class layer "
+                    f"could keep them (they stay initialised): {'; '.join(self.skipped)}")
         names = ", ".join(new_names[i] for i, _ in self.pairs)
         text = (f"class rows: kept the checkpoint's rows of {len(self.pairs)} shared classes ({names}) in "
                 f"{len(self.layers)} class layers")
