@@ -547,6 +547,10 @@ def _compile(run: Run, device_batch) -> Callable:
     parallel.barrier("compiled")
     run.timing["compile_s"] = time.perf_counter() - t
     n = run.cfg.step_timing_steps
+    if n and jax.process_count() > 1:
+        run.log("--step-timing-steps: not measured with several processes (the step-only throughput is a "
+                "single-process figure)")
+        n = 0
     if n:
         scratch = jax.tree.map(jnp.copy, run.state)   # the step donates its state: time on a copy
         scratch, metrics = compiled(scratch, device_batch)  # (one untimed call: first-run costs)
