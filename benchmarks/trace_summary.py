@@ -173,13 +173,21 @@ def instruction_parts(hlo_text: str) -> dict[str, str]:
         backward = "transpose(" in op_name
         part = next((label for label, pattern in PART_RULES if pattern.search(inner)), None)
         if part in ("conv", "activations, adds, concat", None) and " convolution(" in full:
-            labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", full)
-            if "feature_group_count" in full:
-                part = "grouped conv (lax)"
-            elif not backward:
-                part = "conv forward"
+            conv = next(c for c in full.splitlines() if " convolution(" in c)
+            labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", conv)
+            out_hw = re.search(r"= \w+\[\d+,(\d+),(\d+),\d+\]", conv)
+            window = re.search(r"window=\{size=(\d+)x(\d+)", conv)
+            # XLA rewrites a kernel gradient into a batch-first convolution of transposed operands
+            # whose window is the feature map and whose output "image" is the kernel (<= 7 x 7).
+            kernel_grad = (labels is not None and not labels.group(1).startswith("b")) or (
+                out_hw is not None and window is not None and int(out_hw.group(1)) <= 7
+                and int(window.group(1)) > int(out_hw.group(1)))
+            if "feature_group_count" in conv:
+                part = "grouped conv (lax)" + (" bwd" if backward else " fwd")
+            elif kernel_grad:
+                part = "conv kernel grad"
             else:
-                part = "conv kernel grad" if labels and not labels.group(1).startswith("b") else "conv input grad"
+                part = "conv input grad" if backward else "conv forward"
         elif part == "conv" and backward and "kernels.py:" in inner:
             # a custom_vjp's backward is traced under its forward call's frame: the taps' slices and dots
             part = "conv kernel grad (taps)"
