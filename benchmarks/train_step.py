@@ -62,8 +62,10 @@ def parse_args(argv=None):
     ap.add_argument("--img-size", type=int, default=128)
     ap.add_argument("--batch", "--batch-size", dest="batch", default="16",
                     help="global batch size(s), comma-separated")
-    ap.add_argument("--conv-impl", default="cpu_taps",
-                    help="convolution kernels of the JAX model, comma-separated: lax, cpu_taps (yolo11_jax.kernels)")
+    ap.add_argument("--conv-impl", default=None,
+                    help="convolution kernels of the JAX model, comma-separated: lax, cpu_depthwise, cpu_taps "
+                         "(yolo11_jax.kernels; default: cpu_depthwise for the ultralytics recipe, cpu_taps for the "
+                         "notebook's, the fastest of each on a CPU in RESULTS.md)")
     ap.add_argument("--rounds", type=int, default=5, help="ultralytics recipe: interleaved timing rounds")
     ap.add_argument("--steps-per-round", type=int, default=2, help="ultralytics recipe: steps per side per round")
     ap.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (default: %(default)s)")
@@ -99,9 +101,11 @@ def parse_args(argv=None):
     args.batches = [int(b) for b in args.batch.split(",")]
     args.dtypes = args.dtype.split(",")
     args.device_counts = [int(d) for d in args.devices.split(",")]
-    args.conv_impls = args.conv_impl.split(",")
     if args.recipe is None:
         args.recipe = "ultralytics" if args.model.startswith("yolo11") else "notebook"
+    if args.conv_impl is None:
+        args.conv_impl = "cpu_depthwise" if args.recipe == "ultralytics" else "cpu_taps"
+    args.conv_impls = args.conv_impl.split(",")
     if args.classes is None:
         args.classes = 3 if args.recipe == "ultralytics" else 80
     return args
