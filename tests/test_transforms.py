@@ -20,17 +20,18 @@ from yolo11_jax.presets import build_model
 
 
 class _Mini(nnx.Module):
-    """The shared layers in a few lines: a strided ConvBNSiLU, a C3k2, the attention block and a
-    DFL head. x (B, 32, 32, 3) -> (B, 16, 16, C + 4 + 4 * reg_max)."""
+    """The shared layers in a few lines: a strided ConvBNSiLU, a depthwise one, a C3k2, the
+    attention block and a DFL head. x (B, 32, 32, 3) -> one level of outputs at 16 x 16."""
 
     def __init__(self, rngs: nnx.Rngs):
         self.stem = M.ConvBNSiLU(3, 8, 3, 2, rngs=rngs)
+        self.dw = M.ConvBNSiLU(8, 8, 3, groups=8, rngs=rngs)
         self.c3k2 = M.C3k2(8, 8, n=1, rngs=rngs)
         self.psa = M.C2PSA(8, n_heads=2, rngs=rngs)
         self.head = M.DFLHead(8, num_classes=3, reg_max=4, rngs=rngs)
 
     def __call__(self, x):
-        return [self.head(self.psa(self.c3k2(self.stem(x))))]
+        return [self.head(self.psa(self.c3k2(self.dw(self.stem(x)))))]
 
 
 def _outputs_fn(preset: str, images: jax.Array, conv_impl: str = "lax"):
@@ -50,10 +51,12 @@ def _outputs_fn(preset: str, images: jax.Array, conv_impl: str = "lax"):
     return f, state
 
 
-@pytest.mark.parametrize("preset", ["tiny", pytest.param("yolo11n", marks=pytest.mark.slow)])
-def test_jvp_agrees_with_vjp(preset):
+@pytest.mark.parametrize("preset,conv_impl", [("tiny", "lax"), ("mini", "cpu_depthwise"),
+                                               pytest.param("yolo11n", "lax", marks=pytest.mark.slow)])
+def test_jvp_agrees_with_vjp(preset, conv_impl):
+    """Also through ``conv_impl="cpu_depthwise"``, whose depthwise taps are plain ``jnp``."""
     images = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (1, 32, 32, 3)), jnp.float32)
-    f, state = _outputs_fn(preset, images)
+    f, state = _outputs_fn(preset, images, conv_impl)
     x, v = jnp.array([1.0, 0.0]), jnp.array([0.3, -0.7])
     y, jv = jax.jit(lambda x, v, s: jax.jvp(lambda x_: f(x_, s), (x,), (v,)))(x, v, state)
     u = jnp.asarray(np.random.default_rng(2).standard_normal(y.shape), jnp.float32)
