@@ -57,15 +57,16 @@ def test_a_recipe_registered_outside_runs_one_step_through_train(tmp_path, toy_r
     assert [r["step"] for r in steps] == [1, 2] and steps[1]["total_loss"] < steps[0]["total_loss"]
     saved = json.loads((tmp_path / "toy" / "config.json").read_text())
     assert saved["recipe"] == "toy" and saved["resolved"]["optimizer_info"] == {"optimizer": "toy SGD"}
-    # the timing rows: time to the first step, step-only and end-to-end throughput, their ratio
-    timing = next(r for r in rows if r["kind"] == "timing")
-    assert timing["step"] == 1 and timing["time_to_first_step_s"] >= timing["compile_s"] > 0
-    assert timing["step_only_images_per_s"] > 0
-    summary = rows[-1]
-    assert summary["kind"] == "summary" and summary["end_to_end_images_per_s"] > 0
-    assert summary["input_efficiency"] == pytest.approx(summary["end_to_end_images_per_s"]
-                                                        / summary["step_only_images_per_s"])
-    assert out["throughput"]["input_efficiency"] == summary["input_efficiency"]
+    # time to the first step and step-only throughput on the first interval row; the run's
+    # end-to-end throughput and its ratio to the step-only figure on the epoch row and in the summary
+    assert steps[0]["time_to_first_step_s"] >= steps[0]["compile_s"] > 0 and steps[0]["step_only_images_per_s"] > 0
+    assert "compile_s" not in steps[1] and steps[1]["input_efficiency"] > 0
+    epoch = next(r for r in rows if r["kind"] == "epoch")
+    assert epoch["end_to_end_images_per_s"] > 0
+    assert epoch["input_efficiency"] == pytest.approx(epoch["end_to_end_images_per_s"]
+                                                      / steps[0]["step_only_images_per_s"])
+    assert out["throughput"]["input_efficiency"] == epoch["input_efficiency"]
+    assert {r["kind"] for r in rows} == {"interval", "epoch"}
     with pytest.raises(ValueError, match="unknown --recipe 'toy'"):
         recipes.unregister("toy")
         TrainConfig(recipe="toy")

@@ -30,15 +30,18 @@ and the same ``--run-dir``; each prepares its rows of every batch, process 0 wri
 plots and exports, and all take part in the Orbax checkpoints.
 
 Outputs in the run directory: ``config.json`` (every option that ran, and what the run resolved
-from them), ``metrics.jsonl`` (interval, epoch, eval and timing rows), ``checkpoints/`` (Orbax),
+from them), ``metrics.jsonl`` (interval, epoch and eval rows), ``checkpoints/`` (Orbax),
 ``weights.safetensors`` (the reference's key names), ``loss_curves.png``, ``sample_batch.png``,
 ``iou_variants.png`` and, with evaluation, ``map_curve.png``.
 
-Throughput: the loop logs its end-to-end images per second (``images_per_s``, input pipeline
-included) and, after compiling, times ``--step-timing-steps`` steps of the same compiled step on
-one batch already in memory (``step_only_images_per_s``); their ratio (``input_efficiency``) is
-what the input path costs the step, which ``data_wait_fraction`` (the time blocked on the
-pipeline) cannot show when the pipeline's threads share the step's cores.
+Throughput: the loop logs its end-to-end images per second (``images_per_s`` per interval;
+``end_to_end_images_per_s`` for the run so far on each epoch row, evaluation and checkpoints
+excluded) and, after compiling, times ``--step-timing-steps`` steps of the same compiled step on
+one batch already in memory (``step_only_images_per_s``, on the first interval row with
+``compile_s`` and ``time_to_first_step_s``); their ratio (``input_efficiency``) is what the input
+path costs the step, which ``data_wait_fraction`` (the time blocked on the pipeline) cannot show
+when the pipeline's threads share the step's cores. The run's figures are in ``train()``'s
+summary (``throughput``) and its last log lines.
 """
 
 from __future__ import annotations
@@ -331,9 +334,15 @@ class Meter:
         self.start()
         return row
 
-    @property
-    def images_per_s(self) -> float | None:
-        return self.total_images / self.total_seconds if self.total_seconds else None
+    def throughput(self, step_only_images_per_s: float | None) -> dict:
+        """The run's end-to-end images per second so far and, against the step-only figure, the
+        input efficiency."""
+        if not self.total_seconds or not self.total_images:
+            return {}
+        out = dict(end_to_end_images_per_s=self.total_images / self.total_seconds)
+        if step_only_images_per_s:
+            out["input_efficiency"] = out["end_to_end_images_per_s"] / step_only_images_per_s
+        return out
 
 
 @dataclasses.dataclass
@@ -366,6 +375,7 @@ class Run:
     evals: list = dataclasses.field(default_factory=list)
     epoch_rows: list = dataclasses.field(default_factory=list)   # host metrics of the current epoch
     timing: dict = dataclasses.field(default_factory=dict)       # compile, first step, step-only throughput
+    unwritten: dict = dataclasses.field(default_factory=dict)    # timing fields for the next interval row
     compile_cache_dir: Optional[str] = None                      # the persistent compilation cache in use
 
 
@@ -578,7 +588,8 @@ def _flush(run: Run, pending: list, meter: Meter, done: int, epoch: int, bar) ->
             + (f"the last good checkpoint (step {last}) in {run.run_dir / 'checkpoints'} is intact."
                if last is not None else "no checkpoint had been written yet."))
     row = _mean_metrics(host)
-    row.update(epoch=epoch, step=done, **meter.take())
+    row.update(epoch=epoch, step=done, **meter.take(), **run.unwritten)
+    run.unwritten = {}
     if run.timing.get("step_only_images_per_s") and row["images_per_s"] > 0:  # (0: only the first step, untimed)
         row["input_efficiency"] = row["images_per_s"] / run.timing["step_only_images_per_s"]
     run.metrics.write("interval", row)
@@ -600,12 +611,14 @@ def _evaluate(run: Run, done: int) -> dict:
     return dict(step=done, epoch=done / run.steps_per_epoch, mAP=res["mAP"], AP50=res["AP50"], AP75=res["AP75"])
 
 
-def _after_step(run: Run, done: int, epoch: int, epoch_end: bool, evaluate: bool, t_start: float) -> None:
-    """The epoch's summary row, evaluation and plots, when due after step ``done``."""
+def _after_step(run: Run, done: int, epoch: int, epoch_end: bool, evaluate: bool, t_start: float,
+                throughput: dict) -> None:
+    """The epoch's summary row (with the run's ``throughput`` so far), evaluation and plots, when
+    due after step ``done``."""
     summary = None
     if epoch_end:
         summary = _mean_metrics(run.epoch_rows)
-        summary.update(epoch=epoch, step=done, elapsed_s=time.perf_counter() - t_start)
+        summary.update(epoch=epoch, step=done, elapsed_s=time.perf_counter() - t_start, **throughput)
         if run.lr_fn is not None:
             summary["lr"] = float(run.lr_fn(done - 1))
         run.epoch_rows = []
@@ -660,7 +673,7 @@ def loop(run: Run, *, end_step: int, t_start: float) -> None:
         if step == run.start_step:  # the time to the first step, then the throughput from the second
             jax.block_until_ready(metrics)
             run.timing["time_to_first_step_s"] = time.perf_counter() - t_start
-            run.metrics.write("timing", dict(step=step + 1, **run.timing))
+            run.unwritten = dict(run.timing)  # (on the interval row of the first step)
             run.log("first step after " + ", ".join(f"{k} {v:.3g}" for k, v in run.timing.items()))
             meter.start()
         else:
@@ -674,22 +687,20 @@ def loop(run: Run, *, end_step: int, t_start: float) -> None:
         if len(pending) == cfg.log_every or epoch_end or save:
             _flush(run, pending, meter, done, epoch, bar)
         if epoch_end or save or evaluate:
-            _after_step(run, done, epoch, epoch_end, evaluate, t_start)
+            _after_step(run, done, epoch, epoch_end, evaluate, t_start,
+                        meter.throughput(run.timing.get("step_only_images_per_s")))
             if save:
                 _save(run, done)
             meter.start()  # evaluation, plots and checkpoints are not stepping time
     bar.close()
-    run.timing["end_to_end_images_per_s"] = meter.images_per_s
+    run.timing.update(meter.throughput(run.timing.get("step_only_images_per_s")))
 
 
 def finish(run: Run, *, end_step: int, t_start: float) -> dict:
-    """Export (when the run is complete) and the summary: returned, logged and written to
-    ``metrics.jsonl`` as a ``summary`` row."""
+    """Export (when the run is complete) and the summary, returned and logged (its ``throughput``:
+    compile and first-step seconds, step-only and end-to-end images per second, their ratio)."""
     finished = end_step == run.total_steps
     timing = dict(run.timing)
-    if timing.get("step_only_images_per_s") and timing.get("end_to_end_images_per_s"):
-        timing["input_efficiency"] = timing["end_to_end_images_per_s"] / timing["step_only_images_per_s"]
-    run.metrics.write("summary", dict(step=end_step, train_seconds=time.perf_counter() - t_start, **timing))
     run.metrics.close()
     if run.primary and finished:
         plots.plot_iou_variants(run.run_dir / "iou_variants.png")
