@@ -68,9 +68,11 @@ def build_model(preset: str | ModelPreset, *, num_classes: int | None = None, re
                 rngs: nnx.Rngs) -> YOLOv11 | YOLO11:
     """The preset's network (``YOLOv11`` or ``YOLO11``), optionally with another class count, a
     compute dtype (``jnp.bfloat16`` for mixed precision; see ``model.set_compute_dtype``) and the
-    convolution kernels ``conv_impl``: ``"lax"`` (default; every JAX transformation works) or
-    ``"cpu_taps"`` (faster on CPU; see ``kernels.py``). The choice is recorded as
-    ``model.conv_impl``. ``variant``: a YOLO11 preset's architecture variant (``yolo11.Variant``;
+    convolution kernels ``conv_impl``: ``"lax"`` (default; every JAX transformation works),
+    ``"cpu_depthwise"`` (depthwise convolutions as a sum over taps, the fastest for YOLO11 on a
+    CPU; every transformation works) or ``"cpu_taps"`` (also the kernel gradients as per-tap
+    matmuls, for the notebook's wide layers on a CPU; no forward mode). See ``kernels.py``. The
+    choice is recorded as ``model.conv_impl``. ``variant``: a YOLO11 preset's architecture variant (``yolo11.Variant``;
     the default is the released weights' architecture)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     num_classes = num_classes if num_classes is not None else p.num_classes
