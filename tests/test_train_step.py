@@ -100,6 +100,7 @@ def test_trajectory_matches_reference_training_loop():
             assert rel_l2(ours[key], theirs[key].numpy()) <= 1e-3, key
 
 
+@pytest.mark.slow
 def test_train_step_never_recompiles_over_varying_box_counts():
     num_classes, img_size = 3, 64
     model = YOLOv11(num_classes, base=4, depth=1, rngs=nnx.Rngs(0))
@@ -132,6 +133,7 @@ def test_schedules():
         make_schedule(1.0, schedule="linear", epochs=1, steps_per_epoch=1)
 
 
+@pytest.mark.slow
 def test_without_torch_compat_the_step_is_the_plain_optax_chain():
     """``torch_compat=False``: the optimizer is ``optax.chain(clip_by_global_norm, adamw)`` (bit for
     bit on the same gradients), the step applies it (parameters within 1e-2 lr per element of

@@ -257,6 +257,7 @@ def test_forward_and_batchnorm_statistics_match_reference_in_train_mode(scale):
     assert stat_errors(model, ref) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", "lx")
 def test_forward_and_batchnorm_statistics_match_reference_in_train_mode_float64(scale):
     """Scales l and x in train mode, float64 on both sides (see the module docstring)."""
