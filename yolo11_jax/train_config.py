@@ -25,13 +25,13 @@ from typing import Any, Optional
 import jax.numpy as jnp
 
 from yolo11_jax import recipes
+from yolo11_jax.kernels import CONV_IMPLS
 from yolo11_jax.options import at_least, between, greater_than, multiple_of, option, warn_stderr
 from yolo11_jax.optim_notebook import SCHEDULES
 from yolo11_jax.presets import PRESETS
 from yolo11_jax.recipes import FROM_RECIPE
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-CONV_IMPLS = ("lax", "cpu_taps")
 
 
 def _registered(table_name: str):
@@ -163,8 +163,9 @@ class TrainConfig:
     dtype: str = option("float32", "compute dtype of the convolutions and attention: float32, or bfloat16 "
                         "(mixed precision: parameters, BatchNorm statistics, loss and assigner stay float32; "
                         "recommended on GPU)", choices=tuple(DTYPES))
-    conv_impl: str = option("lax", "convolution kernels: lax (XLA's; every JAX transformation works) or cpu_taps "
-                            "(faster on CPU, no forward-mode autodiff; yolo11_jax/kernels.py)", choices=CONV_IMPLS)
+    conv_impl: str = option("lax", "convolution kernels (yolo11_jax/kernels.py): lax (XLA's; every JAX "
+                            "transformation works), or the faster CPU kernels: " + ", ".join(
+                                k for k in CONV_IMPLS if k != "lax"), choices=tuple(CONV_IMPLS))
     compile_cache_dir: str = option("default", "directory of JAX's persistent compilation cache, so that a second "
                                     "run of a configuration compiles nothing; default: $YOLO11_JAX_COMPILE_CACHE, else "
                                     "$XDG_CACHE_HOME/yolo11_jax/xla, else ~/.cache/yolo11_jax/xla (config.json's "
