@@ -8,7 +8,13 @@ import pytest
 from yolo11_jax.data import SHAPES_CLASS_NAMES
 from yolo11_jax.evaluate import main
 
-from tests.helpers import RUN_IMG_SIZE as IMG_SIZE, make_run_dir
+from tests.helpers import RUN_IMG_SIZE as IMG_SIZE, XLA_CACHE_DIR, make_run_dir
+
+
+@pytest.fixture(autouse=True)
+def _test_compile_cache(monkeypatch):
+    """--compile-cache-dir default: the tests' cache folder, not the user's."""
+    monkeypatch.setenv("YOLO11_JAX_COMPILE_CACHE", XLA_CACHE_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +36,7 @@ def test_evaluate_cli_prints_map_and_writes_json(run_dir, tmp_path, capsys):
     assert results["AP50"] >= results["AP75"]
     assert results["num_images"] == 16 and results["num_gt"] > 0
     assert [c["name"] for c in results["per_class"]] == SHAPES_CLASS_NAMES
+    assert results["settings"]["conv_impl"] == "lax" and results["settings"]["compile_cache_dir"] == XLA_CACHE_DIR
 
 
 def test_evaluate_cli_with_weights_file(run_dir, capsys):

@@ -25,7 +25,13 @@ from yolo11_jax.predict import (
 )
 from yolo11_jax.presets import build_model
 
-from tests.helpers import RUN_IMG_SIZE as IMG_SIZE, make_run_dir
+from tests.helpers import RUN_IMG_SIZE as IMG_SIZE, XLA_CACHE_DIR, make_run_dir
+
+
+@pytest.fixture(autouse=True)
+def _test_compile_cache(monkeypatch):
+    """--compile-cache-dir default: the tests' cache folder, not the user's."""
+    monkeypatch.setenv("YOLO11_JAX_COMPILE_CACHE", XLA_CACHE_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -226,8 +232,32 @@ def test_help_subprocess():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     for opt in ("--run", "--weights", "--model", "--num-classes", "--img-size", "--out", "--conf-threshold",
-                "--iou-threshold", "--max-det", "--batch-size", "--letterbox", "--no-letterbox"):
+                "--iou-threshold", "--max-det", "--batch-size", "--letterbox", "--no-letterbox", "--conv-impl",
+                "--compile-cache-dir"):
         assert opt in proc.stdout, opt
+    assert "(default: lax)" in " ".join(proc.stdout.split())
+
+
+def test_conv_impl_and_compile_cache_reach_the_model_and_the_settings(run_dir, inputs, tmp_path, capsys):
+    """--conv-impl builds the network with those kernels (the same detections as lax, within
+    float32 rounding), --compile-cache-dir turns the cache on there; settings.json records both."""
+    from yolo11_jax import compile_cache, inference
+
+    assert inference.load_model(run=run_dir, conv_impl="cpu_depthwise").model.conv_impl == "cpu_depthwise"
+    outs = {}
+    for impl in ("lax", "cpu_depthwise"):
+        cache = tmp_path / f"xla-{impl}"
+        rc = main(["--run", str(run_dir), str(inputs / "wide.jpg"), "--out", str(tmp_path / impl), "--conf-threshold",
+                   "0.0", "--max-det", "5", "--conv-impl", impl, "--compile-cache-dir", str(cache)])
+        assert rc == 0, capsys.readouterr().err
+        assert compile_cache.cache_dir_in_use() == str(cache) and cache.is_dir()
+        settings = json.loads((tmp_path / impl / "settings.json").read_text())
+        assert settings["conv_impl"] == impl and settings["compile_cache_dir"] == str(cache)
+        outs[impl] = json.loads((tmp_path / impl / "detections.json").read_text())[0]["detections"]
+    compile_cache.enable(XLA_CACHE_DIR)
+    a, b = outs["lax"], outs["cpu_depthwise"]
+    assert len(a) == len(b) and all(x["class_id"] == y["class_id"] for x, y in zip(a, b))
+    np.testing.assert_allclose([x["score"] for x in a], [y["score"] for y in b], atol=1e-4)
 
 
 def test_cli_refuses_to_overwrite_inputs_and_reports_bad_options(run_dir, inputs, tmp_path, capsys):

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import optax
 import pytest
 
+from yolo11_jax.data.box_counts import pad_size
+
 from tests.helpers import XLA_CACHE_DIR
 from yolo11_jax import recipes
 from yolo11_jax.data import Augment
@@ -94,7 +96,8 @@ def test_help_shows_the_chosen_configs_values(capsys):
     cfg = named_config("cpu-ultralytics")
     for key, want in (("optimizer", "auto"), ("model", "yolo11n"), ("epochs", "14"), ("lr", "0.01"),
                       ("mosaic", "1.0"), ("topk", "10"), ("assigner", "ultralytics"), ("ema", "True"),
-                      ("conv_impl", "cpu_taps"), ("nbs", "16")):
+                      ("conv_impl", "cpu_depthwise"), ("nbs", "16"), ("max_boxes", "auto"),
+                      ("trim_boxes", "auto"), ("cache_images", "auto")):
         assert str(getattr(cfg, key)) == want
         assert f"(cpu-ultralytics config: {want})" in text, key
     assert "None" not in " ".join(a.help for a in build_parser("cpu-ultralytics")._actions
@@ -135,5 +138,9 @@ def test_max_boxes_auto_is_resolved_from_the_index_and_recorded(tmp_path):
     run = setup(named_config("smoke", **TINY, max_boxes="auto", run_dir=str(tmp_path / "auto")), progress=False)
     most = max(rec.num_boxes for rec in getattr(run.train_data.examples, "records", run.train_data.examples))
     saved = json.loads((tmp_path / "auto" / "config.json").read_text())
-    assert saved["max_boxes"] == run.cfg.max_boxes == most >= 1   # no mosaic in the smoke config
+    # no mosaic in the smoke config: the most boxes of one image, rounded up to a pad size
+    assert saved["max_boxes"] == run.cfg.max_boxes == pad_size(most) >= most >= 1
+    assert saved["resolved"]["max_boxes"]["needed"] == most and saved["resolved"]["max_boxes"]["source"] == "data"
+    assert saved["resolved"]["trim_boxes"] is False and saved["resolved"]["data_threads"] >= 1
+    assert isinstance(saved["resolved"]["cache_images"], bool)
     run.metrics.close()

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from yolo11_jax import compile_cache, kernels
 from yolo11_jax.coco_eval import CocoEvaluator
 from yolo11_jax.yolo11 import Variant
 from yolo11_jax.options import add_arguments, at_least, between, defaults, multiple_of, option, validate
@@ -121,10 +122,12 @@ def _num_classes_from_safetensors(path: Path) -> int | None:
 
 
 def load_model(*, run: Path | None = None, weights: Path | None = None, model_name: str | None = None,
-               num_classes: int | None = None, default_model: str = "small") -> LoadedModel:
+               num_classes: int | None = None, default_model: str = "small",
+               conv_impl: str = kernels.DEFAULT_CONV_IMPL) -> LoadedModel:
     """Build the network and load its weights from a run directory or a weights file.
 
-    ``model_name`` and ``num_classes`` override what the run or file records. Raises
+    ``model_name`` and ``num_classes`` override what the run or file records; ``conv_impl``:
+    the convolution kernels (``kernels.CONV_IMPLS``). Raises
     ``FileNotFoundError`` / ``ValueError`` with a message naming the file and the problem
     (a missing file, weights that do not fit the model or class count, ...).
     """
@@ -140,7 +143,9 @@ def load_model(*, run: Path | None = None, weights: Path | None = None, model_na
         if not path.exists():
             raise FileNotFoundError(f"{path} not found")
         if path.suffix == ".pt":
-            return _load_pt(path, model_name=model_name, num_classes=num_classes)
+            loaded = _load_pt(path, model_name=model_name, num_classes=num_classes)
+            kernels.set_conv_impl(loaded.model, conv_impl)
+            return loaded
         cfg = weights_config(path)
     name = model_name or cfg.get("model") or default_model
     classes = num_classes or cfg.get("num_classes") or _num_classes_from_safetensors(path)
@@ -153,7 +158,7 @@ def load_model(*, run: Path | None = None, weights: Path | None = None, model_na
     except ValueError as e:
         raise WeightsError(f"{path}: {convert.VARIANT_METADATA_KEY}: {e}") from None
     try:
-        model = build_model(name, num_classes=int(classes), variant=variant, rngs=nnx.Rngs(0))
+        model = build_model(name, num_classes=int(classes), variant=variant, conv_impl=conv_impl, rngs=nnx.Rngs(0))
     except ValueError as e:
         raise WeightsError(f"{path}: {e}") from None
     try:
@@ -230,6 +235,13 @@ class InferenceOptions:
     nms_class_offset: Optional[float] = option(
         None, "class-aware NMS: 0 compares class ids exactly; a positive value shifts each box by "
               "class * this value, Ultralytics' way", check=at_least(0.0))
+    conv_impl: str = option(kernels.DEFAULT_CONV_IMPL, "convolution kernels (yolo11_jax/kernels.py): lax (XLA's), "
+                            "or the faster CPU kernels: " + ", ".join(k for k in kernels.CONV_IMPLS if k != "lax"),
+                            choices=tuple(kernels.CONV_IMPLS))
+    compile_cache_dir: str = option("default", "directory of JAX's persistent compilation cache, so that a second "
+                                    "run compiles nothing; default: $YOLO11_JAX_COMPILE_CACHE, else "
+                                    "$XDG_CACHE_HOME/yolo11_jax/xla, else ~/.cache/yolo11_jax/xla; '' switches it off",
+                                    metavar="DIR")
 
 
 def add_inference_arguments(ap, *, conf_threshold: float) -> None:
@@ -275,7 +287,8 @@ def resolve_inference_options(loaded: LoadedModel, given: Mapping[str, Any], *, 
     to a multiple of 32) else 640, ``rect``, class offset 7680. The project's runs and files:
     the run's image size else 640, its ``letterbox`` setting (``letterbox`` or ``plain``),
     offset 0. ``conf_threshold`` is the
-    command's default (0.25 predict, 0.001 evaluate); IoU 0.7 and ``max_det`` 300 for all.
+    command's default (0.25 predict, 0.001 evaluate); IoU 0.7 and ``max_det`` 300 for all;
+    ``compile_cache_dir`` "default" becomes the folder it names (``compile_cache.default_cache_dir``).
     ``log`` (a callable) receives one line saying what was chosen and why.
     """
     cfg = loaded.config or {}
@@ -292,10 +305,13 @@ def resolve_inference_options(loaded: LoadedModel, given: Mapping[str, Any], *, 
     base = defaults(InferenceOptions)
     values = {**base, "conf_threshold": conf_threshold, **auto,
               **{k: v for k, v in given.items() if v is not None}}
+    if values["compile_cache_dir"] == "default":  # (recorded as the folder it names)
+        values["compile_cache_dir"] = compile_cache.default_cache_dir()
     opts = InferenceOptions(**values)
     if log is not None:
         log(f"inference: {why}; img_size {opts.img_size}, resize {opts.resize}, conf {opts.conf_threshold}, "
-            f"iou {opts.iou_threshold}, max_det {opts.max_det}, nms class offset {opts.nms_class_offset:g}"
+            f"iou {opts.iou_threshold}, max_det {opts.max_det}, nms class offset {opts.nms_class_offset:g}, "
+            f"conv {opts.conv_impl}"
             + (f" (from the command line: {', '.join(sorted(given))})" if given else ""))
     return opts
 
@@ -327,9 +343,15 @@ def check_sizes(ap, args, names: Sequence[str]) -> None:
 def load_model_for_cli(ap, args) -> LoadedModel | None:
     """:func:`load_model` from the options of :func:`add_model_arguments`. A missing or
     unreadable run or file ends the program through ``ap.error`` (status 2); weights that do
-    not load print ``error: ...`` and give ``None`` (the command then exits with status 2)."""
+    not load print ``error: ...`` and give ``None`` (the command then exits with status 2). Turns on
+    the compilation cache of ``--compile-cache-dir`` and builds with ``--conv-impl``."""
+    cache = getattr(args, "compile_cache_dir", None)
+    cache = "default" if cache is None else cache
+    compile_cache.enable(compile_cache.default_cache_dir() if cache == "default" else cache)
+    conv_impl = getattr(args, "conv_impl", None) or kernels.DEFAULT_CONV_IMPL
     try:
-        return load_model(run=args.run, weights=args.weights, model_name=args.model, num_classes=args.num_classes)
+        return load_model(run=args.run, weights=args.weights, model_name=args.model, num_classes=args.num_classes,
+                          conv_impl=conv_impl)
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return None

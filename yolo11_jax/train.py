@@ -64,12 +64,14 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from yolo11_jax import compile_cache, convert, inference, options as C, parallel, plots, recipes
-from yolo11_jax.data import TrainPipeline, add_counts, build_dataset, warn_max_boxes
-from yolo11_jax.data.pipeline import COUNTER_KEYS, StreamPipeline, StreamSource
+from yolo11_jax import class_names as CN, compile_cache, convert, inference, options as C, parallel, plots, recipes
+from yolo11_jax.data import TrainPipeline, add_counts, build_dataset
+from yolo11_jax.data.box_counts import LARGE_M, box_counts, max_boxes_warning, resolve_max_boxes
+from yolo11_jax.data.pipeline import COUNTER_KEYS, StreamPipeline, StreamSource, default_threads
 from yolo11_jax.ema import eval_variables
 from yolo11_jax.model import count_parameters
 from yolo11_jax.presets import build_model
+from yolo11_jax.yolo11 import DEFAULT_VARIANT, Variant
 from yolo11_jax.recipes.ultralytics import class_bias_prior
 from yolo11_jax.step import TrainState, init_train_state, make_train_step, split_model
 from yolo11_jax.train_config import (CONFIGS, DEPRECATED_CONFIG_NAMES, DESCRIPTIONS, DTYPES, RENAMED_KEYS,
@@ -150,6 +152,7 @@ def resumed_config(run_dir: Path, args: argparse.Namespace, warn=C.warn_stderr) 
         raise ValueError(f"--resume: {cfg_path} not found")
     values = json.loads(cfg_path.read_text())
     values.pop("resolved", None)  # what the run derived from its settings (written for the record)
+    values.pop(convert.VARIANT_METADATA_KEY, None)  # the network's variant (read back by _build_model)
     saved = C.from_dict(TrainConfig, values, renamed=RENAMED_KEYS, warn=warn)
     if args.config is not None and args.config != saved.config:
         raise ValueError(f"--config {args.config} with --resume: the run was started with config {saved.config!r}, "
@@ -248,9 +251,10 @@ def _mean_metrics(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-def read_weights_file(path: Path) -> tuple[dict, str]:
-    """``(state dict, what it is)`` of an Ultralytics ``.pt`` (read without running code from it)
-    or a ``.safetensors`` file. Raises ``ValueError`` / ``FileNotFoundError`` naming the file."""
+def read_weights_file(path: Path) -> tuple[dict, str, Optional[list]]:
+    """``(state dict, what it is, its class names or None)`` of an Ultralytics ``.pt`` (read
+    without running code from it) or a ``.safetensors`` file (names from its metadata,
+    ``inference.weights_config``). Raises ``ValueError`` / ``FileNotFoundError`` naming the file."""
     if not path.exists():
         raise FileNotFoundError(f"--init-weights {path} not found")
     if path.suffix == ".pt":
@@ -258,21 +262,38 @@ def read_weights_file(path: Path) -> tuple[dict, str]:
 
         state_dict, info = read_ultralytics(path)
         return state_dict, (f"{info['preset']} with {info['num_classes']} classes, Ultralytics "
-                            f"{info.get('ultralytics_version') or '?'} ({info.get('weights_key')})")
+                            f"{info.get('ultralytics_version') or '?'} ({info.get('weights_key')})"), \
+            info.get("class_names")
     if path.suffix == ".safetensors":
-        return convert.load_safetensors(path), "a .safetensors file"
+        names = inference.weights_config(path).get("class_names")
+        return convert.load_safetensors(path), "a .safetensors file", list(names) if names else None
     raise ValueError(f"--init-weights {path}: expected an Ultralytics .pt or a .safetensors file")
 
 
-def load_initial_weights(model, path: Path) -> str:
+def load_initial_weights(model, path: Path, *, data_names=None, keep_class_rows: bool = False) -> list[str]:
     """Load ``path`` into ``model`` for fine-tuning (``convert.load_pretrained``); returns the log
-    line saying what was loaded and what was re-initialised."""
-    state_dict, what = read_weights_file(path)
+    lines: what was loaded and what was re-initialised and, when the class layers were
+    re-initialised and both the file's and the data's class names are known, the names they
+    share (``keep_class_rows``: those classes keep the file's rows, ``class_names.keep_class_rows``)."""
+    state_dict, what, ckpt_names = read_weights_file(path)
     try:
         report = convert.load_pretrained(model, state_dict)
     except ValueError as e:
         raise ValueError(f"--init-weights {path} ({what}) does not fit --model: {e}") from None
-    return f"init weights: {path} ({what}): {report.summary()}"
+    lines = [f"init weights: {path} ({what}): {report.summary()}"]
+    reinitialised = any(k.startswith(model.class_output_prefixes()) for k in report.reinitialized)
+    if reinitialised and ckpt_names and data_names:
+        if keep_class_rows:
+            lines.append(CN.keep_class_rows(model, state_dict, ckpt_names, data_names).summary(data_names))
+        else:
+            shared = [data_names[i] for i, _ in CN.shared_class_pairs(data_names, ckpt_names)]
+            lines.append(f"class rows: {len(shared)} of the data's class names are the checkpoint's"
+                         + (f" ({', '.join(shared)}); --keep-class-rows keeps their rows" if shared else ""))
+    elif keep_class_rows:
+        lines.append("--keep-class-rows: nothing to keep ("
+                     + ("the class layers were loaded as they are)" if not reinitialised
+                        else "the class names of the checkpoint or of the data are unknown)"))
+    return lines
 
 
 def _due(done: int, every_steps: int, every_epochs: int, steps_per_epoch: int, total: int) -> bool:
@@ -283,14 +304,6 @@ def _due(done: int, every_steps: int, every_epochs: int, steps_per_epoch: int, t
     if every_steps and done % every_steps == 0:
         return True
     return bool(every_epochs) and done % (every_epochs * steps_per_epoch) == 0
-
-
-def _auto_max_boxes(examples, augment) -> int:
-    """``--max-boxes auto``: the most boxes of one training record, from the index (nothing is
-    decoded), times 4 when mosaics (four images in one) can occur; at least 1."""
-    records = getattr(examples, "records", examples)
-    most = max((rec.num_boxes for rec in records), default=0)
-    return max(1, most * (4 if augment.mosaic > 0 else 1))
 
 
 class MetricsWriter:
@@ -377,6 +390,7 @@ class Run:
     timing: dict = dataclasses.field(default_factory=dict)       # compile, first step, step-only throughput
     unwritten: dict = dataclasses.field(default_factory=dict)    # timing fields for the next interval row
     compile_cache_dir: Optional[str] = None                      # the persistent compilation cache in use
+    data_resolved: dict = dataclasses.field(default_factory=dict)  # what the pipeline's "auto" options became
 
 
 # ----------------------------------------------------------------------------- setup
@@ -425,37 +439,83 @@ def _load_data(cfg: TrainConfig, progress: bool, log) -> tuple[TrainConfig, Any,
     return cfg, train_data, val_data
 
 
-def _make_pipeline(cfg: TrainConfig, train_data) -> tuple[TrainConfig, Any, int, int]:
-    """``(cfg with --max-boxes resolved, pipeline, steps per epoch, total steps)``."""
+def _make_pipeline(cfg: TrainConfig, train_data, log=lambda s: None, warn=C.warn_stderr
+                   ) -> tuple[TrainConfig, Any, int, int, dict]:
+    """``(cfg with --max-boxes resolved, pipeline, steps per epoch, total steps, what the
+    pipeline's auto options resolved to)``. ``--max-boxes`` from the index's box counts
+    (``data.box_counts``), logged, with one summary warning when a padding drops boxes."""
     streamed = isinstance(train_data.examples, StreamSource)
     augment = recipes.augmentation(cfg)
-    if cfg.max_boxes == "auto":
-        if streamed:
+    resolved = {}
+    if streamed:
+        if cfg.max_boxes == "auto":
             raise ValueError(f"--max-boxes auto needs the data's index; {cfg.data!r} is streamed: give a number")
-        cfg = dataclasses.replace(cfg, max_boxes=_auto_max_boxes(train_data.examples, augment))
-    if not augment.enabled and not streamed:  # (with augmentation, mosaics decide how many boxes an image has)
-        warn_max_boxes(train_data.examples, cfg.max_boxes)
-    pipeline = (StreamPipeline if streamed else TrainPipeline)(
-        train_data.examples, batch_size=cfg.batch_size, img_size=cfg.img_size, max_boxes=cfg.max_boxes, seed=cfg.seed,
-        letterbox=cfg.letterbox, augment=augment, epochs=cfg.epochs if cfg.steps is None else None,
-        workers=cfg.workers, shard=(jax.process_index(), jax.process_count()))
+    else:
+        counts = box_counts(train_data.examples)
+        choice = resolve_max_boxes(counts, requested=cfg.max_boxes, mosaic=augment.mosaic > 0)
+        cfg = dataclasses.replace(cfg, max_boxes=choice.max_boxes)
+        log(choice.describe())
+        message = max_boxes_warning(choice, counts)
+        if message:
+            warn(message)
+        resolved["max_boxes"] = dict(max_boxes=choice.max_boxes, needed=choice.needed, source=choice.source,
+                                     images_over=choice.images_over, boxes_over=choice.boxes_over)
+    kwargs = dict(batch_size=cfg.batch_size, img_size=cfg.img_size, max_boxes=cfg.max_boxes, seed=cfg.seed,
+                  letterbox=cfg.letterbox, augment=augment, epochs=cfg.epochs if cfg.steps is None else None,
+                  workers=cfg.workers, shard=(jax.process_index(), jax.process_count()))
+    if streamed:
+        pipeline = StreamPipeline(train_data.examples, **kwargs)
+    else:
+        trim = cfg.trim_boxes == "on" or (cfg.trim_boxes == "auto" and cfg.max_boxes >= LARGE_M
+                                          and jax.process_count() == 1)
+        threads = cfg.data_threads or default_threads()
+        cache = None if cfg.cache_images == "auto" else cfg.cache_images == "on"
+        pipeline = TrainPipeline(train_data.examples, trim_boxes=trim, threads=threads, cache_images=cache, **kwargs)
+        resolved.update(trim_boxes=bool(pipeline.trim_boxes), data_threads=int(threads),
+                        cache_images=bool(pipeline.cache_images))
+        log(f"input: {threads} threads" + (f", {cfg.workers} workers" if cfg.workers else "")
+            + f", decoded-image cache {'on' if pipeline.cache_images else 'off'}"
+            + f", box padding trimmed per batch {'on' if pipeline.trim_boxes else 'off'}")
     steps_per_epoch = pipeline.steps_per_epoch
     if steps_per_epoch is None:  # a stream of unknown size: --steps sets the length, one nominal epoch
         if cfg.steps is None:
             raise ValueError(f"{cfg.data!r} is streamed and its size is unknown: give --steps (or --max-samples "
                              "to read a subset into memory)")
         steps_per_epoch = cfg.steps
-    return cfg, pipeline, steps_per_epoch, cfg.steps or cfg.epochs * steps_per_epoch
+    return cfg, pipeline, steps_per_epoch, cfg.steps or cfg.epochs * steps_per_epoch, resolved
+
+
+def _saved_variant(run_dir: Path) -> Variant:
+    """The YOLO11 variant a run recorded in its ``config.json`` (the default when none)."""
+    path = run_dir / "config.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        return Variant.from_json(saved.get(convert.VARIANT_METADATA_KEY))
+    except ValueError as e:
+        raise ValueError(f"{path}: {convert.VARIANT_METADATA_KEY}: {e}") from None
 
 
 def _build_model(cfg: TrainConfig, resume: Path | None, log) -> nnx.Module:
-    model = build_model(cfg.model, num_classes=cfg.num_classes, dtype=DTYPES[cfg.dtype], conv_impl=cfg.conv_impl,
-                        rngs=nnx.Rngs(cfg.seed))
+    """The network: with ``--init-weights`` (not resuming) the one the file describes
+    (``convert.build_for_init_weights``: a YOLO11 with the file's variant), its weights loaded;
+    resuming, the variant the run recorded; else ``--model`` as built from scratch."""
+    kwargs = dict(num_classes=cfg.num_classes, dtype=DTYPES[cfg.dtype], conv_impl=cfg.conv_impl,
+                  rngs=nnx.Rngs(cfg.seed))
     if cfg.init_weights and resume is None:
-        log(load_initial_weights(model, Path(cfg.init_weights)))
+        model, note = convert.build_for_init_weights(cfg.model, cfg.init_weights, **kwargs)
+        if note:
+            log(note)
+        for line in load_initial_weights(model, Path(cfg.init_weights), data_names=cfg.class_names,
+                                         keep_class_rows=cfg.keep_class_rows):
+            log(line)
         if cfg.class_bias_prior:
             log("class-logit biases: from --init-weights (no prior set)")
-    elif cfg.class_bias_prior:
+        return model
+    variant = _saved_variant(resume) if resume is not None else DEFAULT_VARIANT
+    if variant != DEFAULT_VARIANT:
+        log(f"resume: the architecture the run recorded: {variant.name}")
+    model = build_model(cfg.model, variant=variant, **kwargs)
+    if cfg.class_bias_prior:
         log(class_bias_prior(model, cfg.num_classes))
     return model
 
@@ -479,9 +539,10 @@ def _write_config(run: Run, opt: recipes.OptimizerSetup) -> None:
                     augment=dataclasses.asdict(recipes.augmentation(run.cfg)), optimizer_info=dict(opt.info),
                     loss_scale=opt.loss_scale, devices=int(run.mesh.devices.size),
                     platform=run.mesh.devices.flat[0].platform, processes=jax.process_count(),
-                    compile_cache_dir=run.compile_cache_dir)
+                    compile_cache_dir=run.compile_cache_dir, **run.data_resolved)
+    variant = convert.variant_metadata(run.model)  # a YOLO11's architecture variant (resume and loaders read it)
     (run.run_dir / "config.json").write_text(
-        json.dumps({**dataclasses.asdict(run.cfg), "resolved": resolved}, indent=1, default=str))
+        json.dumps({**dataclasses.asdict(run.cfg), **variant, "resolved": resolved}, indent=1, default=str))
 
 
 def _restore(run: Run, resume: Path) -> None:
@@ -513,7 +574,8 @@ def setup(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     progress = progress and primary
     log = tqdm.write if progress else (lambda s: None)
     cfg, train_data, val_data = _load_data(dataclasses.replace(cfg, run_dir=str(run_dir)), progress, log)
-    cfg, pipeline, steps_per_epoch, total_steps = _make_pipeline(cfg, train_data)
+    cfg, pipeline, steps_per_epoch, total_steps, data_resolved = _make_pipeline(
+        cfg, train_data, log, warn=C.warn_stderr if primary else (lambda s: None))
 
     model = _build_model(cfg, resume, log)
     eval_graphdef = inference.eval_graphdef(model)
@@ -536,7 +598,7 @@ def setup(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
               data_iterator=iter(pipeline.dataset(total_steps)), steps_per_epoch=steps_per_epoch,
               total_steps=total_steps, model=model, eval_graphdef=eval_graphdef, state=state, train_step=train_step,
               lr_fn=opt.lr_fn, mngr=checkpoint_manager(run_dir, cfg.keep_checkpoints), metrics=MetricsWriter(None))
-    run.compile_cache_dir = cache_dir
+    run.compile_cache_dir, run.data_resolved = cache_dir, data_resolved
     if resume is not None:
         _restore(run, resume)
     if primary:
@@ -706,7 +768,8 @@ def finish(run: Run, *, end_step: int, t_start: float) -> dict:
         plots.plot_iou_variants(run.run_dir / "iou_variants.png")
         nnx.update(run.model, *parallel.to_host(eval_variables(run.state)))  # the EMA when there is one
         convert.save_safetensors(run.model, run.run_dir / "weights.safetensors",
-                                 metadata={"config": json.dumps(dataclasses.asdict(run.cfg))})
+                                 metadata={"config": json.dumps(dataclasses.asdict(run.cfg)),
+                                           **convert.variant_metadata(run.model)})
     result = dict(run_dir=str(run.run_dir), history=run.history, evals=run.evals,
                   data_summary=run.train_data.stats.summary(),
                   val_data_summary=run.val_data.stats.summary() if run.val_data is not None else None,

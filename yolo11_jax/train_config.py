@@ -85,9 +85,18 @@ class TrainConfig:
                              "as the notebook)")
     batch_size: int = option(16, "images per step; the last partial batch of an epoch is dropped",
                              check=at_least(1))
-    max_boxes: int = option(8, "ground-truth boxes per image after padding (more are dropped with a warning); "
-                            "auto: the most boxes of a training image (x 4 with mosaics), resolved from the data's "
-                            "index before the first step", check=at_least(1), special=("auto",))
+    max_boxes: int = option("auto", "ground-truth boxes per image after padding; auto: the most boxes a sample can "
+                            "hold (the most of one training image, x 4 with mosaics), rounded up to 8, 16, 32 ... and "
+                            "capped at 512 (data/box_counts.py), resolved from the data's index before the first "
+                            "step; a number: exactly that (more are dropped, with one summary warning)",
+                            check=at_least(1), special=("auto",))
+    trim_boxes: str = option("auto", "cut each batch's box padding to the smallest pad size that holds its real "
+                             "boxes, so the assigner costs what the batch holds (one compilation per size met); "
+                             "auto: on when max_boxes >= 64 in a single process", choices=("auto", "on", "off"))
+    data_threads: int = option(0, "threads making samples in this process when --workers 0 (0: by core count, "
+                               "data.pipeline.default_threads)", check=at_least(0))
+    cache_images: str = option("auto", "keep each decoded training image in memory for the run; auto: when the "
+                               "whole index fits 1 GiB decoded", choices=("auto", "on", "off"))
     workers: int = option(0, "worker processes reading, decoding and augmenting batches (Grain); 0: in this "
                           "process, with threads", check=at_least(0))
     augment: str = option(FROM_RECIPE, "training augmentation preset: none (the notebook's plain resize) or "
@@ -106,6 +115,8 @@ class TrainConfig:
     init_weights: Optional[str] = option(None, "start from these weights (fine-tuning): an Ultralytics .pt "
                                          "checkpoint (yolo11n.pt, a best.pt) or a .safetensors file; with another "
                                          "number of classes, the class-output layers are re-initialised")
+    keep_class_rows: bool = option(False, "with --init-weights onto another class list: keep the checkpoint's "
+                                   "class-layer rows of the classes whose names the data shares (class_names.py)")
     # -- length, optimizer, loss
     epochs: int = option(6, "training length in epochs (--steps overrides it)", check=at_least(1))
     steps: Optional[int] = option(None, "training length in optimizer steps (default: --epochs x the batches "
@@ -208,7 +219,10 @@ class TrainConfig:
 
 
 # Named configurations: overrides of TrainConfig's defaults. The CPU configurations take the CPU
-# convolution kernels (conv_impl="cpu_taps"); the library default is "lax".
+# convolution kernels (kernels.py; the library default is "lax"): the notebook's networks
+# cpu_taps, the YOLO11 ones cpu_depthwise (0.98-1.01x Ultralytics' step at 128 px against 0.90x
+# for cpu_taps; benchmarks/RESULTS.md). max_boxes is "auto" (from the data) unless the data is
+# streamed, where no index gives it.
 CONFIGS: dict[str, dict[str, Any]] = {
     # python -m yolo11_jax.train
     # The embedded shapes dataset (4 classes, 128 px), the small network, the notebook's recipe;
@@ -220,12 +234,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # 0.872, AP50 0.975 in 9 minutes on 2 CPU cores (0.865 / 0.877 for seeds 0 / 1 with earlier
     # code), ahead of the notebook recipe's 0.864 / 0.860 in the same time (README, Learning). nbs 16 (Ultralytics'
     # nominal batch, 64 by default): no gradient accumulation, so a run this short makes 1750
-    # optimizer steps instead of 526. max_boxes 32: a mosaic holds the boxes of four images.
-    "cpu-ultralytics": dict(recipe="ultralytics", model="yolo11n", epochs=14, nbs=16, max_boxes=32,
-                            eval_every_epochs=2, conv_impl="cpu_taps"),
+    # optimizer steps instead of 526. max_boxes auto: a mosaic holds the boxes of four images.
+    "cpu-ultralytics": dict(recipe="ultralytics", model="yolo11n", epochs=14, nbs=16, eval_every_epochs=2,
+                            conv_impl="cpu_depthwise"),
     # python -m yolo11_jax.train --config notebook-coco
     # The notebook's own run: its network (110.2M parameters), 640 px, batch 4, 5 epochs on 32
     # images streamed from detection-datasets/coco (needs the Hugging Face Hub); no evaluation.
+    # max_boxes 100: a stream has no index to take it from.
     "notebook-coco": dict(model="notebook", data="detection-datasets/coco", max_samples=32, val_split=None,
                           img_size=640, batch_size=4, epochs=5, max_boxes=100, num_classes=80, log_every=2,
                           eval_every_epochs=0),

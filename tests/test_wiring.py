@@ -1,0 +1,60 @@
+"""The library pieces wired into training: --init-weights builds the network its file describes
+(the YOLO11 variant recorded in config.json and the export, rebuilt on reload), and box padding
+from the data (a YOLO folder with 40 boxes in an image trains with no box dropped at defaults)."""
+
+import json
+import time
+import warnings
+
+from flax import nnx
+
+from tests.helpers import XLA_CACHE_DIR
+from tests.test_box_counts import COUNTS, _yolo_folder
+from yolo11_jax import convert, inference
+from yolo11_jax.configs import named_config
+from yolo11_jax.data.box_counts import pad_size
+from yolo11_jax.presets import build_model
+from yolo11_jax.train import _saved_variant, finish, loop, setup, train
+from yolo11_jax.yolo11 import DEFAULT_VARIANT, Variant
+
+ONE_STEP = dict(val_split=None, eval_every_epochs=0, steps=1, log_every=1, step_timing_steps=0,
+                compile_cache_dir=XLA_CACHE_DIR, checkpoint_every_epochs=0)
+
+
+def test_init_weights_train_with_the_files_variant_and_export_it(tmp_path, capsys):
+    variant = Variant(sppf_act=False)
+    assert variant != DEFAULT_VARIANT
+    source = build_model("yolo11n", num_classes=4, variant=variant, rngs=nnx.Rngs(3))
+    ckpt = tmp_path / "sppf-identity.safetensors"
+    convert.save_safetensors(source, str(ckpt), metadata=convert.variant_metadata(source))
+    cfg = named_config("smoke", **ONE_STEP, model="yolo11n", init_weights=str(ckpt), img_size=64,
+                       run_dir=str(tmp_path / "ft"))
+    train(cfg, progress=True)
+    log = "".join(capsys.readouterr())
+    assert "following the architecture recorded" in log and variant.name in log
+    saved = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert Variant.from_json(saved[convert.VARIANT_METADATA_KEY]) == variant
+    assert _saved_variant(tmp_path / "ft") == variant          # what --resume rebuilds
+    meta = inference.safetensors_metadata(tmp_path / "ft" / "weights.safetensors")
+    assert convert.variant_from_metadata(meta) == variant
+    loaded = inference.load_model(run=tmp_path / "ft")
+    assert loaded.model.variant == variant
+    assert inference.load_model(weights=tmp_path / "ft" / "weights.safetensors").model.variant == variant
+
+
+def test_forty_boxes_in_an_image_train_with_none_dropped_at_defaults(tmp_path):
+    folder = _yolo_folder(tmp_path / "data")
+    cfg = named_config("smoke", **ONE_STEP, data=str(folder), batch_size=2, run_dir=str(tmp_path / "run"))
+    assert cfg.max_boxes == "auto" and cfg.trim_boxes == "auto"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run = setup(cfg, progress=False)
+        t_start = time.perf_counter()
+        loop(run, end_step=1, t_start=t_start)
+        finish(run, end_step=1, t_start=t_start)
+    stats = run.train_data.stats
+    assert stats.samples_made >= 2 and stats.sample_boxes > 0 and stats.boxes_truncated_max_boxes == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["max_boxes"] == run.cfg.max_boxes == pad_size(max(COUNTS)) == 64   # no mosaic in smoke
+    assert saved["resolved"]["max_boxes"]["boxes_over"] == 0
+    assert saved["resolved"]["trim_boxes"] is True       # auto: on from 64 boxes in one process
