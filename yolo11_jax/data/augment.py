@@ -75,8 +75,9 @@ def resize_long_side(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, new, interpolation=cv2.INTER_LINEAR)
 
 
-def cxcywh_to_xyxy(boxes_cxcywh: np.ndarray, width: float, height: float) -> np.ndarray:
-    """Normalised ``(N, 4)`` cxcywh -> float64 ``(N, 4)`` xyxy pixels of a ``width x height`` image."""
+def cxcywh_norm_to_xyxy_px_np(boxes_cxcywh: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Normalised ``(N, 4)`` cxcywh -> float64 ``(N, 4)`` xyxy pixels of a ``width x height`` image
+    (NumPy, for the input pipeline; ``anchors.cxcywh_to_xyxy`` is the JAX one, with ``img_hw``)."""
     b = np.asarray(boxes_cxcywh, np.float64).reshape(-1, 4)
     return np.stack([(b[:, 0] - b[:, 2] / 2) * width, (b[:, 1] - b[:, 3] / 2) * height,
                      (b[:, 0] + b[:, 2] / 2) * width, (b[:, 1] + b[:, 3] / 2) * height], axis=1)

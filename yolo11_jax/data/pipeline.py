@@ -38,7 +38,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from .augment import Augment, augment_sample, cxcywh_to_xyxy, resize_long_side
+from .augment import Augment, augment_sample, cxcywh_norm_to_xyxy_px_np, resize_long_side
 from .box_counts import trim_boxes, warn_max_boxes
 from .records import SAMPLE_COUNTERS, DataStats, RecordSource, UnreadableImageError
 from .transforms import letterbox as letterbox_image
@@ -81,6 +81,7 @@ class MakeSample:
         self.cache_images = cache_images
         self._cache: dict = {}
         self._decoded: dict = {}
+        self._decoding: dict = {}  # record -> its lock: two threads never decode one record twice
         self._lock = threading.Lock()
 
     def _load_pil(self, index: int) -> tuple[Image.Image, int, int]:
@@ -93,11 +94,12 @@ class MakeSample:
                 if isinstance(self.source, RecordSource):
                     if not self.cache_images:
                         return self.source.load_pil(j), j, tries
-                    pil = self._decoded.get(j)  # decoded once per process, kept for the run
-                    if pil is None:
-                        pil = self.source.load_pil(j)
-                        with self._lock:
-                            self._decoded[j] = pil
+                    with self._lock:  # one lock per record: other records still decode in parallel
+                        record_lock = self._decoding.setdefault(j, threading.Lock())
+                    with record_lock:  # decoded exactly once per process, kept for the run
+                        pil = self._decoded.get(j)
+                        if pil is None:
+                            pil = self._decoded[j] = self.source.load_pil(j)
                     return pil, j, tries
                 return Image.fromarray(self.source[j].image), j, tries
             except UnreadableImageError as err:
@@ -117,7 +119,7 @@ class MakeSample:
             pil, j, skipped = self._load_pil(index)
             img = resize_long_side(np.asarray(pil.convert("RGB"), np.uint8), self.img_size)
             boxes, labels = self._boxes(j)
-            hit = (img, cxcywh_to_xyxy(boxes, img.shape[1], img.shape[0]), labels, skipped)
+            hit = (img, cxcywh_norm_to_xyxy_px_np(boxes, img.shape[1], img.shape[0]), labels, skipped)
             with self._lock:
                 self._cache[index] = hit
                 while len(self._cache) > _CACHE_SIZE:
@@ -125,10 +127,10 @@ class MakeSample:
         return hit
 
     def __getstate__(self):  # the caches (and their lock) stay in each process
-        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_decoded", "_lock")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_decoded", "_decoding", "_lock")}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _cache={}, _decoded={}, _lock=threading.Lock())
+        self.__dict__.update(state, _cache={}, _decoded={}, _decoding={}, _lock=threading.Lock())
 
     def __call__(self, element) -> dict[str, np.ndarray]:
         epoch, index = int(element[0]), int(element[1])
