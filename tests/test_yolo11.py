@@ -163,6 +163,28 @@ def test_initialisation_follows_ultralytics():
     assert ref.model[23].cv3[2][2].bias[0].item() == pytest.approx(class_bias_init(nc, 32), rel=1e-6)
 
 
+def test_class_bias_prior_is_a_network_method():
+    """``init_class_bias(prior_fn)`` sets level i's class biases to ``prior_fn(nc, stride_i)`` on
+    both networks; the Ultralytics recipe's ``class_bias_prior`` gives the notebook's network
+    Ultralytics' prior through it (YOLO11's ``Detect`` starts there)."""
+    from yolo11_jax.model import YOLOv11
+    from yolo11_jax.recipes.ultralytics import class_bias_prior
+
+    nc = 3
+    notebook = YOLOv11(nc, base=8, depth=1, rngs=nnx.Rngs(0))
+    before = np.asarray(notebook.head.heads[0].cls_pred.bias[...])
+    assert np.ptp(before) > 0  # PyTorch's default init, not a constant
+    assert "Ultralytics' prior" in class_bias_prior(notebook, nc)
+    detect = Detect(nc, (64, 128, 256), rngs=nnx.Rngs(0))
+    detect.init_class_bias(lambda classes, stride: classes * 1000 + stride)
+    for level, stride in enumerate((8, 16, 32)):
+        np.testing.assert_allclose(np.asarray(notebook.head.heads[level].cls_pred.bias[...]),
+                                   np.full(nc, class_bias_init(nc, stride), np.float32), rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(detect.cv3[level][2].bias[...]), np.full(nc, nc * 1000 + stride))
+    with pytest.raises(ValueError, match="3 classes"):
+        class_bias_prior(notebook, 80)
+
+
 def test_outputs_have_documented_shapes_and_match_notebook_form():
     _, model = make_pair("n", 5)
     model.eval()

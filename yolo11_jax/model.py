@@ -37,7 +37,7 @@ order).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,7 @@ from flax import nnx
 from flax.nnx.nn.attention import dot_product_attention_weights
 
 from yolo11_jax import kernels
+from yolo11_jax.anchors import STRIDES
 from yolo11_jax.kernels import depthwise_conv_by_taps  # noqa: F401  (its old import path)
 
 # One (cls_logits (B,H,W,C), box_ltrb (B,H,W,4), box_raw (B,H,W,4*reg_max)) per level.
@@ -343,6 +344,12 @@ class DetectionHead(nnx.Module):
     def __call__(self, features) -> list[LevelOutput]:
         return [head(f) for head, f in zip(self.heads, features)]
 
+    def init_class_bias(self, prior_fn: Callable[[int, int], float], strides: Sequence[int] = STRIDES) -> None:
+        """Set every class-logit bias of level i to ``prior_fn(num_classes, strides[i])``."""
+        for head, stride in zip(self.heads, strides, strict=True):
+            bias = head.cls_pred.bias
+            bias[...] = jnp.full_like(bias[...], prior_fn(bias.shape[-1], stride))
+
 
 class YOLOv11(nnx.Module):
     """YOLOv11 detector (the notebook's architecture) for NHWC float32 images.
@@ -394,6 +401,12 @@ class YOLOv11(nnx.Module):
     def class_branch_prefixes(self) -> tuple[str, ...]:
         """State-dict key prefixes of the layers whose shapes may depend on the class count."""
         return self.class_output_prefixes()
+
+    def init_class_bias(self, prior_fn: Callable[[int, int], float]) -> None:
+        """Set the class-logit biases of the level at stride s to ``prior_fn(num_classes, s)``
+        (e.g. ``yolo11.class_bias_init``, Ultralytics' prior); the head's init leaves them at
+        PyTorch's default."""
+        self.head.init_class_bias(prior_fn)
 
     def __call__(self, images: jax.Array) -> list[LevelOutput]:
         self.check_input(images)

@@ -43,12 +43,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from yolo11_jax.anchors import STRIDES  # noqa: F401  (also importable from here)
 from yolo11_jax.model import (
     BatchNorm,
     Bottleneck,
@@ -77,7 +79,6 @@ SCALES: dict[str, tuple[float, float, int]] = {
 C3K_SCALES = frozenset("mlx")
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
-STRIDES = (8, 16, 32)
 DETECT_INDEX = 23
 # Detect.bias_init sets every box-branch output bias to this value. Ultralytics 8.4 uses 2.0;
 # 8.3 (the release YOLO11 came out with) used 1.0. Only the initialisation differs.
@@ -384,9 +385,14 @@ class Detect(nnx.Module):
     def bias_init(self) -> None:
         """Ultralytics' ``Detect.bias_init``: box outputs ``BOX_BIAS_INIT``, class logits
         ``class_bias_init(nc, stride)``."""
-        for box, cls, s in zip(self.cv2, self.cv3, STRIDES):
+        for box in self.cv2:
             box[2].bias[...] = jnp.full_like(box[2].bias[...], BOX_BIAS_INIT)
-            cls[2].bias[...] = jnp.full_like(cls[2].bias[...], class_bias_init(self.num_classes, s))
+        self.init_class_bias(class_bias_init)
+
+    def init_class_bias(self, prior_fn: Callable[[int, int], float]) -> None:
+        """Set the class-logit biases of the level at stride s to ``prior_fn(num_classes, s)``."""
+        for cls, stride in zip(self.cv3, STRIDES, strict=True):
+            cls[2].bias[...] = jnp.full_like(cls[2].bias[...], prior_fn(self.num_classes, stride))
 
     def __call__(self, features: list[jax.Array]) -> list[LevelOutput]:
         out = []
@@ -458,6 +464,11 @@ class YOLO11(nnx.Module):
         """State-dict key prefixes of the layers whose shapes may depend on the class count: the
         class branch ``cv3`` (its last 1x1 always, its hidden widths for yolo11n)."""
         return (f"model.{DETECT_INDEX}.cv3.",)
+
+    def init_class_bias(self, prior_fn: Callable[[int, int], float]) -> None:
+        """Set the class-logit biases of the level at stride s to ``prior_fn(num_classes, s)``
+        (``Detect.bias_init`` already starts them at ``class_bias_init``, Ultralytics' prior)."""
+        self.model[DETECT_INDEX].init_class_bias(prior_fn)
 
     def __call__(self, images: jax.Array) -> list[LevelOutput]:
         self.check_input(images)

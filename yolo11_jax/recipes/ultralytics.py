@@ -13,10 +13,7 @@ from __future__ import annotations
 import functools
 import math
 
-import jax.numpy as jnp
-
 from yolo11_jax import recipes
-from yolo11_jax.anchors import STRIDES
 from yolo11_jax.data import ULTRALYTICS
 from yolo11_jax.loss_ultralytics import ultralytics_detection_loss
 from yolo11_jax.optim_ultralytics import (DEFAULT_LR0, DEFAULT_MOMENTUM, DEFAULT_WEIGHT_DECAY, ULTRALYTICS_OPTIMIZERS,
@@ -59,17 +56,15 @@ def _optimizer_check(cfg) -> list[str]:
 
 
 def class_bias_prior(model, num_classes: int) -> str:
-    """Give a notebook network's class logits Ultralytics' prior bias ``log(5 / classes /
-    (640 / stride)^2)`` per level (``yolo11.class_bias_init``); YOLO11 networks start with it
-    (``Detect``). Returns the log line. Without it, the notebook's heads start with scores of 0.5
-    at every anchor, and Ultralytics' loss (divided by the sum of the target scores) with its small
-    learning rate takes thousands of steps to move the biases down."""
-    head = getattr(model, "head", None)
-    if head is None:
-        return "class-logit biases: Ultralytics' prior, log(5 / classes / (640 / stride)^2), from the network's init"
-    for level, level_head in enumerate(head.heads):
-        level_head.cls_pred.bias[...] = jnp.full_like(level_head.cls_pred.bias[...],
-                                                      class_bias_init(num_classes, STRIDES[level]))
+    """Start the network's class logits at Ultralytics' prior bias ``log(5 / classes /
+    (640 / stride)^2)`` per level (``model.init_class_bias(yolo11.class_bias_init)``; YOLO11
+    networks already start there, ``Detect``). Returns the log line. Without it, the notebook's
+    heads start with scores of 0.5 at every anchor, and Ultralytics' loss (divided by the sum of
+    the target scores) with its small learning rate takes thousands of steps to move the biases
+    down. ``num_classes`` must be the network's class count."""
+    if model.num_classes != num_classes:
+        raise ValueError(f"class_bias_prior: the network has {model.num_classes} classes, the run {num_classes}")
+    model.init_class_bias(class_bias_init)
     return "class-logit biases set to Ultralytics' prior, log(5 / classes / (640 / stride)^2)"
 
 
