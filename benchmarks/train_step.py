@@ -136,12 +136,10 @@ from yolo11_jax.assign_chunked import chunked_assigner  # noqa: E402
 from yolo11_jax.optim import make_optimizer, make_schedule  # noqa: E402
 from yolo11_jax.presets import build_model, get_preset  # noqa: E402
 from yolo11_jax.step import TrainState, make_train_step, split_model  # noqa: E402
+from yolo11_jax.train_config import DTYPES  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import trace_summary  # noqa: E402
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 def make_batch(batch, img_size, num_classes, max_boxes, seed=0):
     rng = np.random.default_rng(seed)

@@ -1,8 +1,7 @@
 """Ultralytics' YOLO11 training loop in plain PyTorch, as a yardstick for ``yolo11_jax``'s recipe.
 
 Own code, written from the rules of ``ultralytics==8.3.253`` (``engine/trainer.py``,
-``utils/torch_utils.py``; see ``notes/ultralytics_train_facts.md`` sections C and D), without
-Ultralytics' code:
+``utils/torch_utils.py``), without Ultralytics' code:
 
 * parameter groups as Ultralytics' ``build_optimizer`` builds them: for every module, its own
   parameters; ``"bias"`` in the full name -> bias group (no decay), else a module whose class

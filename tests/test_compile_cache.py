@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from tests.helpers import subprocess_env
 from yolo11_jax import compile_cache
@@ -35,6 +36,7 @@ def _run_child(cache_dir) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.multiprocess
 def test_second_process_compiles_from_the_cache(tmp_path):
     first = _run_child(tmp_path)
     assert first["hits"] == 0 and first["misses"] >= 1
