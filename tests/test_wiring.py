@@ -58,3 +58,27 @@ def test_forty_boxes_in_an_image_train_with_none_dropped_at_defaults(tmp_path):
     assert saved["max_boxes"] == run.cfg.max_boxes == pad_size(max(COUNTS)) == 64   # no mosaic in smoke
     assert saved["resolved"]["max_boxes"]["boxes_over"] == 0
     assert saved["resolved"]["trim_boxes"] is True       # auto: on from 64 boxes in one process
+
+
+def test_keep_class_rows_after_init_weights(tmp_path):
+    """--init-weights onto another class list: the log names the shared classes; with
+    --keep-class-rows the shared class keeps the checkpoint's rows of the class-output layers."""
+    import numpy as np
+
+    from yolo11_jax.train import load_initial_weights
+
+    source = build_model("tiny", num_classes=3, rngs=nnx.Rngs(1))
+    ckpt = tmp_path / "three.safetensors"
+    convert.save_safetensors(source, str(ckpt), metadata={"class_names": json.dumps(["cat", "dog", "bird"])})
+    data_names = ["bird", "fish"]
+    plain = build_model("tiny", num_classes=2, rngs=nnx.Rngs(0))
+    lines = load_initial_weights(plain, ckpt, data_names=data_names)
+    assert "1 of the data's class names are the checkpoint's (bird)" in lines[-1]
+    kept = build_model("tiny", num_classes=2, rngs=nnx.Rngs(0))
+    lines = load_initial_weights(kept, ckpt, data_names=data_names, keep_class_rows=True)
+    assert lines[-1].startswith("class rows: kept the checkpoint's rows of 1 shared classes (bird)"), lines[-1]
+    src, got, fresh = (convert.to_state_dict(m) for m in (source, kept, plain))
+    for prefix in kept.class_output_prefixes():
+        np.testing.assert_array_equal(got[prefix + "weight"][0], src[prefix + "weight"][2])   # bird <- bird
+        np.testing.assert_array_equal(got[prefix + "bias"][0], src[prefix + "bias"][2])
+        np.testing.assert_array_equal(got[prefix + "weight"][1], fresh[prefix + "weight"][1])  # fish: initialised
