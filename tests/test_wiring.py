@@ -82,3 +82,20 @@ def test_keep_class_rows_after_init_weights(tmp_path):
         np.testing.assert_array_equal(got[prefix + "weight"][0], src[prefix + "weight"][2])   # bird <- bird
         np.testing.assert_array_equal(got[prefix + "bias"][0], src[prefix + "bias"][2])
         np.testing.assert_array_equal(got[prefix + "weight"][1], fresh[prefix + "weight"][1])  # fish: initialised
+
+
+def test_an_explicit_small_max_boxes_gives_one_summary_warning(tmp_path):
+    from yolo11_jax.data import build_dataset
+    from yolo11_jax.train import _make_pipeline
+
+    folder = _yolo_folder(tmp_path / "data")
+    cfg = named_config("smoke", **ONE_STEP, data=str(folder), batch_size=2, max_boxes=10, trim_boxes="off",
+                       data_threads=1, cache_images="off")
+    data = build_dataset(str(folder), img_size=64)
+    logged, warned = [], []
+    cfg, pipeline, _, _, resolved = _make_pipeline(cfg, data, logged.append, warn=warned.append)
+    assert cfg.max_boxes == 10 and len(warned) == 1 and "--max-boxes 64 keeps every box" in warned[0]
+    assert "3 of 6 images" in warned[0] and any("max_boxes=10 (as given" in line for line in logged)
+    assert resolved == dict(max_boxes=dict(max_boxes=10, needed=40, source="explicit", images_over=3,
+                                           boxes_over=sum(n - 10 for n in COUNTS if n > 10)),
+                            trim_boxes=False, data_threads=1, cache_images=False)
