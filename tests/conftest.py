@@ -1,11 +1,17 @@
 """Test configuration and fixtures. Parity tests run in float32 on the CPU; shared helpers are in
 ``tests/helpers.py``."""
 
+import os
+
 import jax
 import pytest
 import torch
 
 from tests.helpers import XLA_CACHE_DIR
+
+# The commands' default compilation cache (train, predict and evaluate turn it on) is the test
+# session's, never the user's ~/.cache/yolo11_jax/xla.
+os.environ.setdefault("YOLO11_JAX_COMPILE_CACHE", XLA_CACHE_DIR)
 
 jax.config.update("jax_default_matmul_precision", "highest")
 # Several tests compile the same programs again (each train() run builds its own jitted
