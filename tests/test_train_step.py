@@ -177,6 +177,7 @@ def test_without_torch_compat_the_step_is_the_plain_optax_chain():
     np.testing.assert_array_equal(np.asarray(reg(one_step(empty, torch_compat=True))), before)
 
 
+@pytest.mark.slow  # compiles two full steps
 def test_uint8_images_are_converted_inside_the_step():
     """A uint8 batch trains exactly like the float32 batch ``images / 255`` computed by the same
     device arithmetic (``step.prepare_images``, jitted): bit-identical parameters and metrics, so

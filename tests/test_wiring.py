@@ -6,6 +6,7 @@ import json
 import time
 import warnings
 
+import pytest
 from flax import nnx
 
 from tests.helpers import XLA_CACHE_DIR
@@ -21,6 +22,7 @@ ONE_STEP = dict(val_split=None, eval_every_epochs=0, steps=1, log_every=1, step_
                 compile_cache_dir=XLA_CACHE_DIR, checkpoint_every_epochs=0)
 
 
+@pytest.mark.slow  # a training run
 def test_init_weights_train_with_the_files_variant_and_export_it(tmp_path, capsys):
     variant = Variant(sppf_act=False)
     assert variant != DEFAULT_VARIANT
@@ -42,6 +44,7 @@ def test_init_weights_train_with_the_files_variant_and_export_it(tmp_path, capsy
     assert inference.load_model(weights=tmp_path / "ft" / "weights.safetensors").model.variant == variant
 
 
+@pytest.mark.slow  # a training run
 def test_forty_boxes_in_an_image_train_with_none_dropped_at_defaults(tmp_path):
     folder = _yolo_folder(tmp_path / "data")
     cfg = named_config("smoke", **ONE_STEP, data=str(folder), batch_size=2, run_dir=str(tmp_path / "run"))
