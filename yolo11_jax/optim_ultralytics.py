@@ -325,11 +325,9 @@ def ultralytics_recipe(
       decay), whose ``learning_rate`` (and SGD ``momentum``) the train step sets every iteration
       from ``schedule(iteration)`` with :func:`set_hyperparams`.
 
-    The loss scale: Ultralytics backpropagates ``batch_size * (box + cls + dfl)`` (its loss
-    returns the sum over the batch). Its AdamW lr (``lr_fit``), its SGD lr 0.01, the warmup bias
-    lr and the clipping norm 10 were all tuned for gradients of that size, so the train step must
-    scale the loss by the global batch size (``make_train_step(recipe="ultralytics")`` does). For
-    AdamW only the clipping and eps see the scale; for SGD every step is proportional to it.
+    The loss scale: Ultralytics backpropagates ``batch_size * (box + cls + dfl)``, and its lr, warmup
+    bias lr and clipping norm assume gradients of that size, so the recipe's loss scale is the global
+    batch (``recipes/ultralytics.py``; :func:`step.make_loss_fn` applies it).
 
     Args:
       params: the model's ``nnx.Param`` state (only its structure and leaf names are used).
@@ -347,10 +345,9 @@ def ultralytics_recipe(
       epochs: the run's epochs (the linear decay).
       iterations: Ultralytics' iteration count for ``optimizer='auto'``,
         ``ultralytics_iterations(len(dataset), batch_size, epochs)``; required for auto.
-      lr0: initial learning rate (default.yaml: 0.01); lrf: final fraction (0.01).
-      momentum: SGD momentum / AdamW beta1 (default.yaml: 0.937).
-      weight_decay: before scaling (5e-4). warmup_epochs (3), warmup_momentum (0.8),
-        warmup_bias_lr (0.1), nbs (64), clip_norm (10): Ultralytics' defaults.
+      lr0, lrf, momentum, weight_decay (before scaling), warmup_epochs, warmup_momentum,
+        warmup_bias_lr, nbs, clip_norm: Ultralytics' defaults are 0.01, 0.01, 0.937, 5e-4, 3, 0.8,
+        0.1, 64 and 10 (momentum: SGD momentum / AdamW beta1).
 
     Returns:
       ``tx``; ``schedule``, an :class:`UltralyticsSchedule` (``schedule(step) -> {'lr_weight',
