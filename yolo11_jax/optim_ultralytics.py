@@ -350,14 +350,11 @@ def ultralytics_recipe(
         0.1, 64 and 10 (momentum: SGD momentum / AdamW beta1).
 
     Returns:
-      ``tx``; ``schedule``, an :class:`UltralyticsSchedule` (``schedule(step) -> {'lr_weight',
-      'lr_bn', 'lr_bias'[, 'momentum']}``); ``info``, a JSON-serialisable dict of the resolved
-      choices (optimizer, lr0, momentum, accumulate, weight decay, warmup iterations, ...) for
-      logs and ``config.json``.
+      ``tx``; ``schedule``, an :class:`UltralyticsSchedule` (``step -> {'lr_weight', 'lr_bn',
+      'lr_bias'[, 'momentum']}``); ``info``, the resolved choices (JSON) for logs and ``config.json``.
     """
-    if batch_size < 1 or steps_per_epoch < 1 or epochs < 1:
-        raise ValueError(f"batch_size ({batch_size}), steps_per_epoch ({steps_per_epoch}) and epochs ({epochs}) "
-                         "must be >= 1")
+    if min(batch_size, steps_per_epoch, epochs) < 1:
+        raise ValueError(f"batch_size, steps_per_epoch and epochs must be >= 1: {batch_size}, {steps_per_epoch}, {epochs}")
     final_momentum = DEFAULT_MOMENTUM if momentum is None else float(momentum)
     requested, name, lr, built_momentum = _choose_optimizer(optimizer, num_classes, iterations, lr0, final_momentum)
     if requested == "auto":
