@@ -66,7 +66,8 @@ from tqdm.auto import tqdm
 
 from yolo11_jax import class_names as CN, compile_cache, convert, inference, options as C, parallel, plots, recipes
 from yolo11_jax.data import TrainPipeline, add_counts, build_dataset
-from yolo11_jax.data.box_counts import LARGE_M, box_counts, max_boxes_warning, resolve_max_boxes
+from yolo11_jax.data.box_counts import (LARGE_M, STREAM_MAX_BOXES, box_counts, max_boxes_warning,
+                                        resolve_max_boxes)
 from yolo11_jax.data.pipeline import COUNTER_KEYS, StreamPipeline, StreamSource, default_threads
 from yolo11_jax.ema import eval_variables
 from yolo11_jax.model import count_parameters
@@ -449,7 +450,10 @@ def _make_pipeline(cfg: TrainConfig, train_data, log=lambda s: None, warn=C.warn
     resolved = {}
     if streamed:
         if cfg.max_boxes == "auto":
-            raise ValueError(f"--max-boxes auto needs the data's index; {cfg.data!r} is streamed: give a number")
+            cfg = dataclasses.replace(cfg, max_boxes=STREAM_MAX_BOXES)
+            log(f"max_boxes {STREAM_MAX_BOXES}: {cfg.data!r} is streamed, so its box counts are unknown before "
+                "training; boxes past it are dropped and counted in the data summary (--max-boxes N changes it)")
+            resolved["max_boxes"] = dict(max_boxes=STREAM_MAX_BOXES, source="stream default")
     else:
         counts = box_counts(train_data.examples)
         choice = resolve_max_boxes(counts, requested=cfg.max_boxes, mosaic=augment.mosaic > 0)

@@ -41,6 +41,10 @@ PAD_SIZES: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 MAX_BOXES_CAP = 512
 """The largest default padding; an explicit ``max_boxes`` may exceed it."""
 
+STREAM_MAX_BOXES = 100
+"""``--max-boxes auto`` on a stream, which has no index to count from before training (the
+notebook's COCO run pads to 100 too); boxes past it are dropped and counted in the data summary."""
+
 MOSAIC_TILES = 4
 """Records per mosaic sample (Ultralytics' 2x2 mosaic)."""
 
