@@ -144,3 +144,28 @@ def test_max_boxes_auto_is_resolved_from_the_index_and_recorded(tmp_path):
     assert saved["resolved"]["trim_boxes"] is False and saved["resolved"]["data_threads"] >= 1
     assert isinstance(saved["resolved"]["cache_images"], bool)
     run.metrics.close()
+
+
+def test_an_assigner_registered_outside_is_accepted_and_used():
+    """A fork adds ``--assigner NAME`` from its own module: the notebook's loss accepts it and
+    builds its loss with it; an unknown name is still refused."""
+    from yolo11_jax.assign import task_aligned_assign
+    from yolo11_jax.recipes import notebook
+
+    calls = []
+
+    def make(img_size):
+        calls.append(img_size)
+        return task_aligned_assign
+
+    notebook.register_assigner("toy-assigner", make)
+    try:
+        cfg = named_config("smoke", assigner="toy-assigner")
+        assert recipes.problems(cfg) == []
+        loss_fn = recipes.get_loss(cfg.loss).build(cfg)
+        assert calls == [cfg.img_size] and loss_fn.keywords["assigner"] is task_aligned_assign
+        assert any("--assigner nope" in p for p in recipes.problems(named_config("smoke", assigner="nope")))
+        with pytest.raises(ValueError, match="already registered"):
+            notebook.register_assigner("toy-assigner", make)
+    finally:
+        del notebook.ASSIGNERS["toy-assigner"]

@@ -24,7 +24,7 @@ on construction, so a configuration never holds "the recipe's value".
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Optional
 
 import optax
 
@@ -78,7 +78,7 @@ class Loss:
     name: str
     build: Callable[["TrainConfig"], LossFn]
     defaults: Mapping[str, Any]                 # topk, assigner, class_bias_prior
-    assigners: tuple[str, ...]                  # the --assigner values it accepts
+    assigners: Collection[str]                  # the --assigner values it accepts
 
 
 @dataclasses.dataclass(frozen=True)
