@@ -27,6 +27,7 @@ from reference_torch.yolo11 import YOLO11 as RefYOLO11
 from tests import real_files
 from tests.helpers import nchw, rel_err
 from tests.real_files import real_file
+from tests.test_ultralytics_import import REAL_YOLO11N_GLOBALS
 from yolo11_jax import convert, inference
 from yolo11_jax.ultralytics_pt import (ALLOWED_GLOBALS, UltralyticsCheckpointError, load_pickle, pickle_globals,
                                        read_ultralytics)
@@ -44,20 +45,9 @@ EXPECTED = {
     "yolo11s_8.4_uitag": dict(version="8.4.30", scale="s", nc=9, imgsz=640, sppf_act=False),
 }
 
-# The pickle globals of every YOLO11 detector in the set (all four name the same ones).
-DETECTOR_GLOBALS = {
-    ("__builtin__", "set"), ("collections", "OrderedDict"), ("torch", "Size"),
-    ("torch", "FloatStorage"), ("torch", "HalfStorage"), ("torch", "LongStorage"),
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    *(("torch.nn.modules." + m, n) for m, n in [
-        ("activation", "SiLU"), ("batchnorm", "BatchNorm2d"), ("container", "ModuleList"),
-        ("container", "Sequential"), ("conv", "Conv2d"), ("linear", "Identity"), ("pooling", "MaxPool2d"),
-        ("upsampling", "Upsample")]),
-    ("ultralytics.nn.tasks", "DetectionModel"), ("ultralytics.nn.modules.head", "Detect"),
-    *(("ultralytics.nn.modules.conv", n) for n in ["Conv", "DWConv", "Concat"]),
-    *(("ultralytics.nn.modules.block", n) for n in
-      ["C3k2", "C3k", "Bottleneck", "SPPF", "C2PSA", "PSABlock", "Attention", "DFL"]),
-}
+# The pickle globals of every YOLO11 detector in the set: all four name the same ones, the set the
+# stand-ins of test_ultralytics_import are written with.
+DETECTOR_GLOBALS = REAL_YOLO11N_GLOBALS
 
 IMAGE_HW = (256, 320)  # network input for the parity tests: small and not square
 
