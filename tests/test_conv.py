@@ -137,3 +137,22 @@ def test_network_with_cpu_kernels_matches_lax():
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
     assert len(grads_t) == len(grads_l)
     assert max(rel_err(a, b) for a, b in zip(grads_t, grads_l)) <= 1e-4
+
+
+def test_auto_kernels_follow_the_backend_and_the_family():
+    """'auto' picks lax off a CPU, and on a CPU each family's fastest kernels; explicit names pass
+    through; unknown names and families are refused by name."""
+    assert K.resolve_conv_impl("auto", "yolo11", backend="cpu") == "cpu_depthwise"
+    assert K.resolve_conv_impl("auto", "notebook", backend="cpu") == "cpu_taps"
+    assert K.resolve_conv_impl("auto", "yolo11", backend="gpu") == "lax"
+    assert K.resolve_conv_impl("auto", "notebook", backend="tpu") == "lax"
+    assert K.resolve_conv_impl("cpu_taps", "yolo11", backend="gpu") == "cpu_taps"
+    with pytest.raises(ValueError, match="bogus"):
+        K.resolve_conv_impl("bogus", "yolo11", backend="cpu")
+    with pytest.raises(ValueError, match="'other'"):
+        K.resolve_conv_impl("auto", "other", backend="cpu")
+    # build_model resolves it (this suite runs on a CPU) and records what it chose.
+    assert jax.default_backend() == "cpu"
+    assert K.conv_impl_of(build_model("tiny", conv_impl="auto", rngs=nnx.Rngs(0))) == "cpu_taps"
+    model = build_model("yolo11n", num_classes=2, conv_impl="auto", rngs=nnx.Rngs(0))
+    assert K.conv_impl_of(model) == model.conv_impl == "cpu_depthwise"

@@ -21,9 +21,13 @@
 
 The values of both equal lax's up to float summation order (tests/test_conv.py).
 
-Nothing here looks at the backend or the environment: a model runs the kernels it was built
-with (``presets.build_model(..., conv_impl=...)``, or :func:`set_conv_impl` on any network),
-and :func:`conv_impl_of` reads the choice back from the network's convolutions.
+A model runs the kernels it was built with (``presets.build_model(..., conv_impl=...)``, or
+:func:`set_conv_impl` on any network), and :func:`conv_impl_of` reads the choice back from the
+network's convolutions. The one place that looks at the backend is :func:`resolve_conv_impl`,
+which turns ``"auto"`` (the named training configs' choice) into a kernel set when the network
+is built: ``"lax"`` on a GPU or TPU, and on a CPU ``"cpu_depthwise"`` for the YOLO11 family and
+``"cpu_taps"`` for the notebook's networks (the fastest of each on a CPU, and the quickest to
+compile: see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -167,6 +171,26 @@ CONV_IMPLS: dict[str, Callable] = {
     "cpu_taps": cpu_taps_conv_general_dilated,
 }
 DEFAULT_CONV_IMPL = "lax"
+AUTO = "auto"
+# What "auto" picks on a CPU, by network family (presets.ModelPreset.family).
+CPU_AUTO_BY_FAMILY: dict[str, str] = {"yolo11": "cpu_depthwise", "notebook": "cpu_taps"}
+
+
+def resolve_conv_impl(conv_impl: str, family: str, backend: str | None = None) -> str:
+    """``conv_impl`` itself, or for ``"auto"``: ``"lax"`` when ``backend`` (default: JAX's
+    default backend) is not ``"cpu"``, else ``CPU_AUTO_BY_FAMILY[family]``.
+
+    Raises ``ValueError`` naming the unknown kernel set or family."""
+    if conv_impl != AUTO:
+        conv_function(conv_impl)  # validates the name
+        return conv_impl
+    if (backend or jax.default_backend()) != "cpu":
+        return "lax"
+    try:
+        return CPU_AUTO_BY_FAMILY[family]
+    except KeyError:
+        raise ValueError(f"conv_impl 'auto': no CPU choice for network family {family!r}; "
+                         f"known: {sorted(CPU_AUTO_BY_FAMILY)}") from None
 
 
 def conv_function(conv_impl: str) -> Callable:

@@ -71,8 +71,9 @@ def build_model(preset: str | ModelPreset, *, num_classes: int | None = None, re
     convolution kernels ``conv_impl``: ``"lax"`` (default; every JAX transformation works),
     ``"cpu_depthwise"`` (depthwise convolutions as a sum over taps, the fastest for YOLO11 on a
     CPU; every transformation works) or ``"cpu_taps"`` (also the kernel gradients as per-tap
-    matmuls, for the notebook's wide layers on a CPU; no forward mode). See ``kernels.py``. The
-    choice is recorded as ``model.conv_impl``. ``variant``: a YOLO11 preset's architecture variant (``yolo11.Variant``;
+    matmuls, for the notebook's wide layers on a CPU; no forward mode), or ``"auto"`` (on a CPU
+    the family's fastest of those two, elsewhere ``"lax"``: ``kernels.resolve_conv_impl``). See
+    ``kernels.py``. The choice made is recorded as ``model.conv_impl``. ``variant``: a YOLO11 preset's architecture variant (``yolo11.Variant``;
     the default is the released weights' architecture)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     num_classes = num_classes if num_classes is not None else p.num_classes
@@ -83,4 +84,4 @@ def build_model(preset: str | ModelPreset, *, num_classes: int | None = None, re
         raise ValueError(f"{p.name!r} is not a YOLO11 preset; a YOLO11 variant does not apply to it")
     else:
         model = YOLOv11(num_classes, reg_max, base=p.base, depth=p.depth, dtype=dtype, rngs=rngs)
-    return kernels.set_conv_impl(model, conv_impl)
+    return kernels.set_conv_impl(model, kernels.resolve_conv_impl(conv_impl, p.family))
