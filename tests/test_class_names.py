@@ -10,8 +10,9 @@ from flax import nnx
 from PIL import Image
 
 from yolo11_jax import convert, evaluate
-from yolo11_jax.class_names import (BY_NAME, BY_POSITION, EXPLICIT, IDENTICAL, ClassNameMismatch, class_rows_state_dict,
-                                    keep_class_rows, match_class_names, parse_class_map, remap_source)
+from yolo11_jax.class_names import (BY_NAME, BY_POSITION, EXPLICIT, IDENTICAL, ClassNameMismatch, class_box_counts,
+                                    class_rows_state_dict, keep_class_rows, match_class_names, parse_class_map,
+                                    remap_labels, remap_source)
 from yolo11_jax.coco_eval import CocoEvaluator, select_classes
 from yolo11_jax.data import build_dataset, coco_categories
 from yolo11_jax.presets import build_model
@@ -44,6 +45,51 @@ def test_match_kinds():
     with pytest.raises(ValueError, match="expected 'position'"):
         parse_class_map("car")
     assert match_class_names(None, ["a", "b"]).data_to_model == (0, 1)
+
+
+def test_classes_without_boxes_need_no_counterpart():
+    """A data class with no box needs no model counterpart: unscored, and named with a count; a
+    class with boxes that the model lacks still stops the match, listing both sets."""
+    data = ["_background_", "car", "zebra", "person", "dog"]
+    m = match_class_names(MODEL_NAMES, data, data_box_counts=[0, 3, 0, 2, 0])
+    assert (m.kind, m.data_to_model, m.unscored) == (BY_NAME, (-1, 2, -1, 0, 3), (0, 2, 4))
+    assert m.scored_classes == [2, 0] and not m.is_identity and m.unscored_names == ["_background_", "zebra", "dog"]
+    line = m.describe()
+    assert "2 data classes with boxes mapped by name onto the model's 5, only those scored: car->car (2), " \
+           "person->person (0); 3 of the data's 5 classes have no box in this data and are left unscored: " \
+           "_background_, zebra, dog" in line
+    np.testing.assert_array_equal(remap_labels(np.array([1, 3, 3]), m), [2, 0, 0])
+    with pytest.raises(ValueError, match=r"\['zebra'\], which were left unscored"):
+        remap_labels(np.array([1, 2]), m)
+    # zebra with boxes: the error lists both sets, and which data classes have boxes
+    with pytest.raises(ClassNameMismatch) as err:
+        match_class_names(MODEL_NAMES, data, data_box_counts=[0, 3, 1, 2, 0])
+    msg = str(err.value)
+    assert "['zebra'] not found" in msg and str(data) in msg and str(MODEL_NAMES) in msg
+    assert "data classes with boxes (3): ['car', 'zebra', 'person']" in msg
+    # no counts: every class counts as used (as before)
+    with pytest.raises(ClassNameMismatch, match=r"\['_background_', 'zebra'\] not found"):
+        match_class_names(MODEL_NAMES, data)
+    with pytest.raises(ValueError, match="3 counts for 5 data classes"):
+        match_class_names(MODEL_NAMES, data, data_box_counts=[1, 2, 3])
+
+
+def test_classes_without_boxes_with_explicit_pairs():
+    data = ["car", "zebra", "auto", "unicorn"]
+    ex = match_class_names(MODEL_NAMES, data, class_map=parse_class_map("zebra=dog, auto=car"),
+                           data_box_counts=[4, 2, 0, 0])
+    # auto -> car as well, but auto has no box: unscored, so no clash with car
+    assert (ex.kind, ex.data_to_model, ex.unscored, ex.scored_classes) == (EXPLICIT, (2, 3, 2, -1), (2, 3), [2, 3])
+    assert "mapped as given (--class-map)" in ex.describe() and "left unscored: auto, unicorn" in ex.describe()
+    # a pair given by hand must name a model class, boxes or not
+    with pytest.raises(ClassNameMismatch, match=r"\['unicorn=horse'\] not found"):
+        match_class_names(MODEL_NAMES, data, class_map=parse_class_map("unicorn=horse"), data_box_counts=[4, 0, 0, 0])
+    with pytest.raises(ClassNameMismatch, match="two data classes map onto one model class"):
+        match_class_names(MODEL_NAMES, data, class_map=parse_class_map("zebra=dog,auto=car"),
+                          data_box_counts=[4, 2, 1, 0])
+    # the same names in the same order, or paired by position: counts change nothing
+    assert match_class_names(MODEL_NAMES, MODEL_NAMES, data_box_counts=[0, 0, 1, 0, 0]).unscored == ()
+    assert match_class_names(MODEL_NAMES, data, class_map="position", data_box_counts=[4, 0, 0, 0]).unscored == ()
 
 
 def _coco_folder(tmp_path, categories, n_images=4, size=64):
@@ -141,6 +187,43 @@ def test_evaluate_command_maps_by_name(tmp_path, tiny_weights, capsys):
     assert evaluate.main(base + ["--data", str(hand_path), "--json", str(tmp_path / "b.json")]) == 0
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
     assert a["mAP"] == b["mAP"] and a["AP50"] == b["AP50"]
+
+
+def test_box_counts_per_class(tmp_path):
+    path, img_dir, anns = _coco_folder(tmp_path, CATEGORIES + [{"id": 30, "name": "zebra"}])
+    data = build_dataset(str(path), image_dir=img_dir, split="val", img_size=None)
+    counts = class_box_counts(data.examples, len(data.class_names))
+    want = [sum(a["category_id"] == cid for a in anns) for cid in (3, 7, 12, 30)]
+    assert counts.tolist() == want and sum(want) == len(anns)
+    assert class_box_counts(list(data.examples), 4).tolist() == want
+    assert class_box_counts(iter(data.examples), 4) is None  # a stream: not counted up front
+    with pytest.raises(ValueError, match="outside 0..2"):
+        class_box_counts(data.examples, 3)
+
+
+def test_evaluate_command_leaves_classes_without_boxes_unscored(tmp_path, tiny_weights, capsys):
+    """Categories that no box uses (one the model lacks, one it has) need no counterpart: the same
+    mAP as the json remapped by hand, the table lists the classes with boxes, the log and the
+    json name the others."""
+    categories = [{"id": 0, "name": "_background_"}, {"id": 5, "name": "dog"}] + CATEGORIES
+    path, img_dir, anns = _coco_folder(tmp_path, categories, n_images=4)
+    coco = json.loads(path.read_text())  # no box of _background_ (id 0) or dog (id 5)
+    coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] not in (0, 5)]
+    path.write_text(json.dumps(coco))
+    base = ["--weights", str(tiny_weights), "--img-size", "64", "--image-dir", str(img_dir), "--batch-size", "2"]
+    assert evaluate.main(base + ["--data", str(path), "--json", str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr()
+    assert "3 data classes with boxes mapped by name" in out.err
+    assert "2 of the data's 5 classes have no box in this data and are left unscored: _background_, dog" in out.err
+    table_names = [ln.split()[0] for ln in out.out.splitlines()[3:] if ln.strip() and not ln.startswith("mAP")]
+    assert table_names == ["person", "traffic_light", "car"]
+    by_hand = dict(coco, categories=[{"id": j, "name": n} for j, n in enumerate(MODEL_NAMES)])
+    by_hand["annotations"] = [dict(a, category_id=BY_HAND[a["category_id"]]) for a in coco["annotations"]]
+    (tmp_path / "hand.json").write_text(json.dumps(by_hand))
+    assert evaluate.main(base + ["--data", str(tmp_path / "hand.json"), "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["mAP"] == b["mAP"] and a["AP50"] == b["AP50"] and a["num_gt"] == b["num_gt"] == len(coco["annotations"])
+    assert a["classes_unscored"] == ["_background_", "dog"] and a["classes_scored"] == [0, 4, 2]
 
 
 def test_evaluate_command_names_not_the_models(tmp_path, tiny_weights, capsys):

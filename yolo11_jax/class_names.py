@@ -12,6 +12,15 @@ class names, :func:`match_class_names` decides how label ``i`` of the data relat
   caller asks for ``class_map="position"`` (label ``i`` is output ``i`` whatever the names) or
   gives explicit pairs (``"data name=model name,..."``, :func:`parse_class_map`).
 
+**Classes without boxes.** A COCO json or a ``data.yaml`` often lists classes that no box uses
+(labelme's VOC export: ``_background_`` and 15 of its 20 classes). When the caller passes the
+data's boxes per class (``data_box_counts``, :func:`class_box_counts`), a data class with no box
+needs no model counterpart: it is left unscored (``ClassMatch.unscored``) and
+:meth:`ClassMatch.describe` names it, with the count. This applies whenever names are compared
+(by name or with explicit pairs), also to an empty class whose name the model has: only the
+classes with boxes are scored. A data class with boxes that the model lacks still raises
+:class:`ClassNameMismatch`. Without ``data_box_counts`` every data class counts as used.
+
 For fine-tuning onto another class list, :func:`keep_class_rows` copies the rows of the
 checkpoint's class layer (the last 1x1 convolution of each level's class branch: NNX
 ``model/23/cv3/<level>/2``, Ultralytics ``model.23.cv3.<level>.2.*``; the notebook head's
@@ -46,37 +55,54 @@ class ClassMatch:
     Attributes:
       kind: ``"identical"``, ``"by_name"``, ``"by_position"``, ``"explicit"`` or ``"unnamed"``
         (one side has no names: by position, nothing to compare).
-      data_to_model: int ``(K,)``: data label ``i`` is model output ``data_to_model[i]``.
+      data_to_model: int ``(K,)``: data label ``i`` is model output ``data_to_model[i]``; ``-1``
+        for an unscored data class whose name the model lacks.
       data_names, model_names: the two lists (``None`` where a side has none).
+      unscored: the data classes (indices ``i``) left unscored because the data has no box of
+        them (see the module docstring); ascending.
     """
 
     kind: str
     data_to_model: tuple[int, ...]
     data_names: Optional[tuple[str, ...]]
     model_names: Optional[tuple[str, ...]]
+    unscored: tuple[int, ...] = ()
 
     @property
     def is_identity(self) -> bool:
-        return all(i == j for i, j in enumerate(self.data_to_model))
+        return not self.unscored and all(i == j for i, j in enumerate(self.data_to_model))
 
     @property
     def scored_classes(self) -> list[int]:
-        """The model outputs the data's labels map to, in the data's label order."""
-        return list(self.data_to_model)
+        """The model outputs the data's scored labels map to, in the data's label order."""
+        skip = set(self.unscored)
+        return [j for i, j in enumerate(self.data_to_model) if i not in skip]
+
+    @property
+    def unscored_names(self) -> list[str]:
+        """The names (or label numbers) of the unscored data classes."""
+        return [self._dname(i) for i in self.unscored]
 
     def describe(self) -> str:
-        """One line for the log: what was matched and how."""
+        """One line for the log: what was matched and how, and which data classes are unscored."""
         k = len(self.data_to_model)
         if self.kind == IDENTICAL:
             return f"classes: the data's {k} class names are the model's, in the same order"
         if self.kind == UNNAMED:
             side = "the data" if self.data_names is None else "the model"
             return f"classes: {side} has no class names; data label i is scored as model class i ({k} classes)"
-        pairs = ", ".join(f"{self._dname(i)}->{self._mname(j)} ({j})" for i, j in enumerate(self.data_to_model))
+        skip = set(self.unscored)
+        scored = [(i, j) for i, j in enumerate(self.data_to_model) if i not in skip]
+        pairs = ", ".join(f"{self._dname(i)}->{self._mname(j)} ({j})" for i, j in scored)
         how = {BY_NAME: "mapped by name", BY_POSITION: "paired by position (--class-map position)",
                EXPLICIT: "mapped as given (--class-map)"}[self.kind]
         total = len(self.model_names) if self.model_names is not None else k
-        return f"classes: {k} data classes {how} onto the model's {total}, only those scored: {pairs}"
+        with_boxes = " with boxes" if self.unscored else ""
+        line = f"classes: {len(scored)} data classes{with_boxes} {how} onto the model's {total}, only those scored: {pairs}"
+        if self.unscored:
+            line += (f"; {len(self.unscored)} of the data's {k} classes have no box in this data and are left "
+                     f"unscored: {', '.join(self.unscored_names)}")
+        return line
 
     def _dname(self, i: int) -> str:
         return self.data_names[i] if self.data_names is not None else str(i)
@@ -111,8 +137,32 @@ def _index(names: Sequence[str], side: str) -> dict[str, int]:
     return out
 
 
+def class_box_counts(source, num_classes: int) -> Optional[np.ndarray]:
+    """Boxes per data class, int64 ``(num_classes,)``, of a ``RecordSource`` or a list of examples
+    (their ``labels``; nothing is decoded). ``None`` for a source that cannot be counted up
+    front (a stream).
+
+    Raises:
+      ValueError: a label outside ``0 .. num_classes - 1`` (naming the record).
+    """
+    records = getattr(source, "records", None)
+    if records is None:
+        if not isinstance(source, (list, tuple)):
+            return None
+        records = source
+    counts = np.zeros(int(num_classes), np.int64)
+    for r in records:
+        labels = np.asarray(r.labels).reshape(-1).astype(np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"{getattr(r, 'source_id', '?')}: labels {np.unique(labels).tolist()} outside "
+                             f"0..{num_classes - 1}")
+        counts += np.bincount(labels, minlength=num_classes)
+    return counts
+
+
 def match_class_names(model_names: Optional[Sequence[str]], data_names: Optional[Sequence[str]], *,
-                      num_model_classes: Optional[int] = None, class_map=None) -> ClassMatch:
+                      num_model_classes: Optional[int] = None, class_map=None,
+                      data_box_counts: Optional[Sequence[int]] = None) -> ClassMatch:
     """Decide how the data's labels map onto the model's outputs (see the module docstring).
 
     Args:
@@ -121,10 +171,15 @@ def match_class_names(model_names: Optional[Sequence[str]], data_names: Optional
       num_model_classes: the model's output count (default ``len(model_names)``).
       class_map: ``None`` (names decide), ``"position"``, or a dict ``{data name: model name}``
         (:func:`parse_class_map`); data names it leaves out are matched by name.
+      data_box_counts: int ``(len(data_names),)``: boxes of each data class in the data being
+        scored (:func:`class_box_counts`), or ``None`` (every class counts as used). Where names
+        are compared, a class with 0 boxes needs no model counterpart and is left unscored.
 
     Raises:
-      ClassNameMismatch: a data name is not among the model's (both lists in the message), or a
-        data label has no model output to pair with by position.
+      ClassNameMismatch: a data name with boxes is not among the model's (both lists in the
+        message), an explicit pair names a model class that does not exist, or a data label has
+        no model output to pair with by position.
+      ValueError: ``data_box_counts`` is not one count per data class.
     """
     n_model = num_model_classes if num_model_classes is not None else (len(model_names) if model_names else None)
     mt = tuple(str(n) for n in model_names) if model_names is not None else None
@@ -140,6 +195,12 @@ def match_class_names(model_names: Optional[Sequence[str]], data_names: Optional
         return ClassMatch(kind, tuple(range(k)), dt, mt)
     if dt == mt:
         return ClassMatch(IDENTICAL, tuple(range(len(dt))), dt, mt)
+    if data_box_counts is not None:
+        counts = [int(c) for c in np.asarray(data_box_counts).reshape(-1)]
+        if len(counts) != len(dt):
+            raise ValueError(f"data_box_counts has {len(counts)} counts for {len(dt)} data classes")
+    else:
+        counts = [1] * len(dt)  # unknown: every class counts as used
     model_index = _index(mt, "the model")
     _index(dt, "the data")
     explicit = {normalize_name(k): v for k, v in (class_map or {}).items()}
@@ -147,32 +208,54 @@ def match_class_names(model_names: Optional[Sequence[str]], data_names: Optional
     if unknown:
         raise ClassNameMismatch(f"--class-map names data classes {unknown} that the data does not have "
                                 f"(data classes: {list(dt)})")
-    mapping, missing = [], []
-    for name in dt:
-        target = explicit.get(normalize_name(name), name)
+    mapping, missing, unscored = [], [], []
+    for i, name in enumerate(dt):
+        pair = explicit.get(normalize_name(name))
+        target = name if pair is None else pair
         j = model_index.get(normalize_name(target))
-        if j is None:
-            missing.append(name if target == name else f"{name}={target}")
-        mapping.append(j)
+        if counts[i] == 0:  # no box of it here: it needs no counterpart, and is not scored
+            unscored.append(i)
+            if j is None and pair is not None:  # but a pair given by hand must name a model class
+                missing.append(f"{name}={target}")
+        elif j is None:
+            missing.append(name if pair is None else f"{name}={target}")
+        mapping.append(-1 if j is None else j)
     if missing:
+        with_boxes = [d for d, c in zip(dt, counts) if c > 0] if data_box_counts is not None else None
         raise ClassNameMismatch(
             f"the data's class names are not all among the model's: {missing} not found.\n"
-            f"  data ({len(dt)}): {list(dt)}\n  model ({len(mt)}): {list(mt)}\n"
+            f"  data ({len(dt)}): {list(dt)}\n"
+            + (f"  data classes with boxes ({len(with_boxes)}): {with_boxes} (the others need no counterpart)\n"
+               if with_boxes is not None and len(with_boxes) < len(dt) else "")
+            + f"  model ({len(mt)}): {list(mt)}\n"
             "Pass --class-map position to score data label i as model class i anyway, or "
             "--class-map 'data name=model name,...' to pair them by hand.")
-    if len(set(mapping)) != len(mapping):
-        raise ClassNameMismatch(f"two data classes map onto one model class: {dict(zip(dt, mapping))}")
+    scored = [j for i, j in enumerate(mapping) if i not in set(unscored)]
+    if len(set(scored)) != len(scored):
+        raise ClassNameMismatch("two data classes map onto one model class: "
+                                f"{ {d: j for i, (d, j) in enumerate(zip(dt, mapping)) if i not in set(unscored)} }")
     kind = EXPLICIT if class_map else BY_NAME
-    return ClassMatch(kind, tuple(int(j) for j in mapping), dt, mt)
+    return ClassMatch(kind, tuple(int(j) for j in mapping), dt, mt, tuple(unscored))
 
 
 def remap_labels(labels: np.ndarray, match: ClassMatch) -> np.ndarray:
-    """Data labels -> model class ids (int32, same shape)."""
+    """Data labels -> model class ids (int32, same shape).
+
+    Raises:
+      ValueError: a label outside the data's classes, or of a class left unscored (the match was
+        made with box counts that did not count this box).
+    """
     table = np.asarray(match.data_to_model, np.int32)
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= len(table)):
         raise ValueError(f"labels outside 0..{len(table) - 1}: {np.unique(labels)}")
-    return table[labels.astype(np.int64)] if labels.size else labels.astype(np.int32)
+    if not labels.size:
+        return labels.astype(np.int32)
+    stray = sorted(set(np.unique(labels).tolist()) & set(match.unscored))
+    if stray:
+        raise ValueError(f"boxes of the data classes {[match._dname(i) for i in stray]}, which were left unscored "
+                         "as having no box")
+    return table[labels.astype(np.int64)]
 
 
 def remap_source(source, match: ClassMatch):

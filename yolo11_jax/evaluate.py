@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from yolo11_jax import inference
-from yolo11_jax.class_names import match_class_names, parse_class_map, remap_source
+from yolo11_jax.class_names import class_box_counts, match_class_names, parse_class_map, remap_source
 from yolo11_jax.coco_eval import format_table, select_classes
 from yolo11_jax.data import BBOX_FORMATS, build_dataset
 
@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-samples", type=int, help="evaluate at most this many images")
     ap.add_argument("--class-map", help="how the data's classes meet the model's when their names differ: "
                     "'position' (data label i is model class i), or 'data name=model name,...' pairs; default: "
-                    "by name, an error listing both sets when a data name is not the model's")
+                    "by name, an error listing both sets when a data class with boxes is not the model's (data "
+                    "classes with no box in the evaluated data are left unscored and named in the log)")
     inference.add_inference_arguments(ap, conf_threshold=0.001)
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     return ap
@@ -82,8 +83,10 @@ def main(argv=None) -> int:
         # The model's class names (the run's, a .pt's), else the data's when they are as many.
         names = next((n for n in (loaded.class_names, data.class_names) if n and len(n) == loaded.num_classes), None)
         # The data's labels onto the model's classes: by name when both have names (class_names.py).
+        # A data class with no box in the evaluated data needs no counterpart: it is left unscored.
+        counts = class_box_counts(data.examples, len(data.class_names)) if data.class_names else None
         match = match_class_names(loaded.class_names, data.class_names, num_model_classes=loaded.num_classes,
-                                  class_map=parse_class_map(args.class_map))
+                                  class_map=parse_class_map(args.class_map), data_box_counts=counts)
         print(match.describe(), file=sys.stderr)
         examples = remap_source(data.examples, match)
         if rect:  # as predict runs it, boxes in each image's own pixels
@@ -103,6 +106,7 @@ def main(argv=None) -> int:
                                         max_det=opts.max_det, class_offset=opts.nms_class_offset)
         if not match.is_identity:  # only the classes the data's labels map to
             results = select_classes(results, match.scored_classes)
+            results["classes_unscored"] = match.unscored_names  # the data's classes with no box here
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
