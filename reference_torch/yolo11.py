@@ -217,7 +217,7 @@ class DFL(nn.Module):
 
 
 class Detect(nn.Module):
-    def __init__(self, nc=80, ch=(), reg_max=16):
+    def __init__(self, nc=80, ch=(), reg_max=16, cls_hidden=None):
         super().__init__()
         self.nc = nc
         self.nl = len(ch)
@@ -225,7 +225,7 @@ class Detect(nn.Module):
         self.no = nc + 4 * reg_max
         self.stride = torch.tensor([8.0, 16.0, 32.0])
         c2 = max(16, ch[0] // 4, 4 * reg_max)
-        c3 = max(ch[0], min(nc, 100))
+        c3 = max(ch[0], min(nc, 100)) if cls_hidden is None else cls_hidden  # cls_hidden: not in Ultralytics
         self.cv2 = nn.ModuleList(
             nn.Sequential(Conv(x, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * reg_max, 1)) for x in ch)
         self.cv3 = nn.ModuleList(
@@ -253,10 +253,10 @@ def _make_divisible(x, divisor=8):
     return math.ceil(x / divisor) * divisor
 
 
-def parse_rows(scale, nc, ch_in=3, reg_max=16, sppf_act=True, sppf_n=3, sppf_shortcut=False):
+def parse_rows(scale, nc, ch_in=3, reg_max=16, sppf_act=True, sppf_n=3, sppf_shortcut=False, cls_hidden=None):
     """Build the 24 layers of ``YAML_ROWS`` at ``scale``; each layer gets ``f`` (its sources)
     and ``i`` (its index) attributes, as Ultralytics' layers do. ``sppf_*``: the SPPF variant
-    (see ``SPPF``)."""
+    (see ``SPPF``); ``cls_hidden``: Detect's class-branch hidden width (None: Ultralytics' rule)."""
     depth, width, max_channels = SCALES[scale]
     ch, layers = [], []
     for i, (f, n, name, args) in enumerate(YAML_ROWS):
@@ -277,7 +277,7 @@ def parse_rows(scale, nc, ch_in=3, reg_max=16, sppf_act=True, sppf_n=3, sppf_sho
         elif name == "Concat":
             m, c2 = Concat(*args), sum(ch[j] for j in f)
         else:  # Detect
-            m, c2 = Detect(nc, [ch[j] for j in f], reg_max), None
+            m, c2 = Detect(nc, [ch[j] for j in f], reg_max, cls_hidden), None
         m.f, m.i = f, i
         layers.append(m)
         ch.append(c2)
@@ -289,14 +289,17 @@ class YOLO11(nn.Module):
 
     Initialised as Ultralytics does: PyTorch's default layer init, ``Detect.bias_init``, then
     every BatchNorm2d set to eps 1e-3 and momentum 0.03. ``sppf_act``, ``sppf_n`` and
-    ``sppf_shortcut`` choose the SPPF variant (defaults: the released weights' architecture).
+    ``sppf_shortcut`` choose the SPPF variant, ``cls_hidden`` the Detect class branch's hidden
+    width (``None``: Ultralytics' ``max(ch0, min(nc, 100))``) (defaults: the released weights'
+    architecture).
     """
 
-    def __init__(self, scale="n", nc=80, reg_max=16, ch=3, *, sppf_act=True, sppf_n=3, sppf_shortcut=False):
+    def __init__(self, scale="n", nc=80, reg_max=16, ch=3, *, sppf_act=True, sppf_n=3, sppf_shortcut=False,
+                 cls_hidden=None):
         super().__init__()
         self.scale = scale
         self.nc = nc
-        self.model = nn.Sequential(*parse_rows(scale, nc, ch, reg_max, sppf_act, sppf_n, sppf_shortcut))
+        self.model = nn.Sequential(*parse_rows(scale, nc, ch, reg_max, sppf_act, sppf_n, sppf_shortcut, cls_hidden))
         self.model[-1].bias_init()
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):

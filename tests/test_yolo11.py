@@ -11,6 +11,7 @@ implementation, torch's included, meets 1e-4 against torch float32 there, while 
 in the computation itself shows in float64.
 """
 
+import json
 import math
 import os
 
@@ -251,6 +252,78 @@ def test_variant_forward_matches_reference_built_with_the_same_variant(variant):
         with torch.no_grad():
             out_default = default(nchw(images))
         assert max(output_errors(out_default, jit_forward(model, jnp.asarray(images))).values()) > 1e-2
+
+
+@pytest.mark.parametrize("cls_hidden", [
+    80,   # yolo11n fine-tuned from 80 COCO classes with --keep-class-rows (the rule gives 64 at 7)
+    pytest.param(48, marks=pytest.mark.slow),   # narrower than the rule's floor ch0 = 64
+])
+def test_cls_hidden_variant_forward_matches_reference_built_with_the_same_width(cls_hidden):
+    """Synthetic weights: the NNX network and the reference built with the same class-branch
+    width (``Variant.cls_hidden``) agree to TOL on every output, in eval and train mode (train
+    mode also on every BatchNorm statistic); the default network (the rule's 64) cannot take
+    these tensors."""
+    variant = Variant(cls_hidden=cls_hidden)
+    torch.manual_seed(0)
+    ref = RefYOLO11("n", NUM_CLASSES, cls_hidden=cls_hidden)
+    signal_carrying_weights(ref, 0)
+    randomize_batchnorm(ref, 0)
+    assert tuple(ref.state_dict()["model.23.cv3.0.1.1.conv.weight"].shape) == (cls_hidden, cls_hidden, 1, 1)
+    model = nnx.eval_shape(lambda: YOLO11("n", NUM_CLASSES, variant=variant, rngs=nnx.Rngs(0)))
+    assert model.variant == variant and model.model[23].cls_hidden == cls_hidden
+    convert.load_state_dict(model, ref.state_dict())
+    images = np.random.default_rng(3).random((2, *IMAGE_HW, 3), dtype=np.float32)
+    for train in (False, True):
+        ref.train(train)
+        model.train() if train else model.eval()
+        with torch.no_grad():
+            out_ref = ref(nchw(images))
+        errors = output_errors(out_ref, jit_forward(model, jnp.asarray(images)))
+        assert len(errors) == 9 and max(errors.values()) <= TOL, (train, errors)
+    assert stat_errors(model, ref) <= TOL
+    # the parity test can fail: the default width (64 at 7 classes) does not fit these tensors
+    with pytest.raises(ValueError, match=r"shape mismatch: model\.23\.cv3\.0\.0\.1\.conv\.weight"):
+        convert.load_state_dict(abstract_model("n", NUM_CLASSES), ref.state_dict())
+    assert RefYOLO11("n", NUM_CLASSES).state_dict()["model.23.cv3.0.1.1.conv.weight"].shape[0] == 64
+
+
+def test_cls_hidden_none_is_ultralytics_rule_at_every_scale():
+    """``cls_hidden=None`` builds Ultralytics' ``max(ch0, min(nc, 100))`` (the reference's rule,
+    unchanged): yolo11n 64 / 80 / 100 at 5 / 80 / 120 classes, yolo11s 128 at 80."""
+    from yolo11_jax.yolo11 import class_hidden_width
+
+    for scale, nc, want in (("n", 5, 64), ("n", 80, 80), ("n", 120, 100), ("s", 80, 128)):
+        model = abstract_model(scale, nc)
+        assert model.model[23].cls_hidden == want == class_hidden_width(scale, nc)
+        assert torch_shape(scale, nc, "model.23.cv3.1.1.1.conv.weight")[0] == want
+    assert class_hidden_width("n", 5, Variant(cls_hidden=80)) == 80
+
+
+def torch_shape(scale, nc, key, **kw):
+    return tuple(RefYOLO11(scale, nc, **kw).state_dict()[key].shape)
+
+
+def test_cls_hidden_json_round_trip_old_json_and_errors():
+    v = Variant(cls_hidden=80)
+    assert v.name == "yolo11[cls_hidden=80]" and Variant.from_json(v.to_json()) == v
+    assert json.loads(v.to_json())["cls_hidden"] == 80
+    both = Variant(sppf_act=False, cls_hidden=48)
+    assert Variant.from_json(both.to_json()) == both and both.name == "yolo11[sppf_act=False,cls_hidden=48]"
+    # JSON written before the field existed (and the default's JSON, which leaves it out) loads as the rule
+    old = '{"sppf_act": true, "sppf_n": 3, "sppf_shortcut": false}'
+    assert DEFAULT_VARIANT.to_json() == old and Variant.from_json(old) == DEFAULT_VARIANT
+    assert Variant.from_json(old).cls_hidden is None
+    assert Variant.from_json('{"cls_hidden": null}') == DEFAULT_VARIANT
+    assert Variant.from_json({"cls_hidden": 64}) == Variant(cls_hidden=64)
+    for bad in ('{"cls_hidden": 0}', '{"cls_hidden": -8}'):
+        with pytest.raises(ValueError, match="cls_hidden must be a positive int"):
+            Variant.from_json(bad)
+    for bad in ('{"cls_hidden": 80.0}', '{"cls_hidden": true}', '{"cls_hidden": "80"}'):
+        with pytest.raises(ValueError, match="cls_hidden must be a int or null"):
+            Variant.from_json(bad)
+    for bad in (0, -1, 1.5, True, "80"):
+        with pytest.raises(ValueError, match="cls_hidden must be a positive int or None"):
+            Variant(cls_hidden=bad)
 
 
 def test_variant_json_round_trip_and_errors():

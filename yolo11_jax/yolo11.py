@@ -28,7 +28,7 @@ Architecture facts (Ultralytics 8.2, 8.3 and 8.4.190+ build the same network; se
   ``cv3`` = (depthwise 3x3, 1x1), (depthwise 3x3, 1x1), 1x1 to ``nc`` (with bias); widths
   ``c2 = max(16, ch0 // 4, 4 * reg_max)``, ``c3 = max(ch0, min(nc, 100))`` with ``ch0`` the
   stride-8 feature width. So yolo11n's class branch is ``max(64, min(nc, 100))`` wide: its
-  hidden layers change shape with the class count.
+  hidden layers change shape with the class count (``Variant.cls_hidden`` can fix the width).
 * The DFL's 1x1 convolution is frozen at ``arange(reg_max)``. Ultralytics keeps it as a
   parameter (``requires_grad=False``), in the state dict and in its parameter count; here it
   is a constant (``DFL.torch_constants``), counted by ``count_parameters``.
@@ -126,6 +126,12 @@ class Variant:
     ``sppf_n``: max-pool iterations (``cv2`` then takes ``(n + 1) * c_hidden`` channels).
     ``sppf_shortcut``: add SPPF's input to its output (8.4's ``SPPF.add``; only when
     ``c_in == c_out``, as there).
+    ``cls_hidden``: the width of the Detect class branch's hidden layers (``cv3.*.0.1`` and
+    ``cv3.*.1``); ``None`` is Ultralytics' rule ``max(ch0, min(nc, 100))`` (``ch0`` the stride-8
+    feature width), which every Ultralytics file follows. Set only by ``train --keep-class-rows``
+    (``convert.build_for_init_weights``): fine-tuning yolo11n (ch0 = 64) from 80 COCO classes
+    onto fewer, the branch keeps the checkpoint's width (80) so its hidden layers load from the
+    file and only the last 1x1 class layer is new; Ultralytics re-initialises the whole branch.
 
     The default, ``Variant()``, is the released weights' architecture and what ``--model
     yolo11n`` builds from scratch. A checkpoint's variant is read from the file
@@ -137,10 +143,18 @@ class Variant:
     sppf_act: bool = True
     sppf_n: int = 3
     sppf_shortcut: bool = False
+    cls_hidden: int | None = None
 
     def __post_init__(self):
         if not (isinstance(self.sppf_n, int) and self.sppf_n >= 1):
             raise ValueError(f"sppf_n must be a positive int; got {self.sppf_n!r}")
+        if not (self.cls_hidden is None or (type(self.cls_hidden) is int and self.cls_hidden >= 1)):
+            raise ValueError(f"cls_hidden must be a positive int or None; got {self.cls_hidden!r}")
+
+    def class_hidden_width(self, ch0: int, num_classes: int) -> int:
+        """The Detect class branch's hidden width: ``cls_hidden``, else Ultralytics' rule
+        ``max(ch0, min(num_classes, 100))`` (``ch0``: the stride-8 feature width)."""
+        return self.cls_hidden if self.cls_hidden is not None else ultralytics_class_hidden(ch0, num_classes)
 
     @property
     def name(self) -> str:
@@ -149,7 +163,12 @@ class Variant:
         return "yolo11" if not diff else "yolo11[" + ",".join(f"{k}={v}" for k, v in diff.items()) + "]"
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """The fields as a JSON object; ``cls_hidden`` only when set (so the text of every other
+        variant is what it was before the field existed, and older readers still read it)."""
+        fields = dataclasses.asdict(self)
+        if fields["cls_hidden"] is None:
+            del fields["cls_hidden"]
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | dict | None) -> "Variant":
@@ -165,10 +184,14 @@ class Variant:
         if unknown:
             raise ValueError(f"YOLO11 variant: unknown field(s) {unknown}; known: {sorted(fields)}")
         for k, v in data.items():
-            want = bool if k != "sppf_n" else int
-            if type(v) is not want:
-                raise ValueError(f"YOLO11 variant: {k} must be a {want.__name__}; got {v!r}")
-        return cls(**data)
+            want = {"sppf_n": int, "cls_hidden": int}.get(k, bool)
+            if type(v) is not want and not (k == "cls_hidden" and v is None):
+                raise ValueError(f"YOLO11 variant: {k} must be a {want.__name__}"
+                                 f"{' or null' if k == 'cls_hidden' else ''}; got {v!r}")
+        try:
+            return cls(**data)
+        except ValueError as e:
+            raise ValueError(f"YOLO11 variant: {e}") from None
 
 
 DEFAULT_VARIANT = Variant()
@@ -177,6 +200,24 @@ DEFAULT_VARIANT = Variant()
 def make_divisible(x: float, divisor: int = 8) -> int:
     """The smallest multiple of ``divisor`` that is >= x."""
     return int(math.ceil(x / divisor) * divisor)
+
+
+def ultralytics_class_hidden(ch0: int, num_classes: int) -> int:
+    """Ultralytics' Detect class-branch width ``max(ch0, min(num_classes, 100))``."""
+    return max(ch0, min(num_classes, 100))
+
+
+def detect_channels(scale: str) -> tuple[int, int, int]:
+    """The Detect head's input widths (layers 16, 19, 22: strides 8, 16, 32) at ``scale``,
+    e.g. ``(64, 128, 256)`` for n."""
+    _, width, max_channels = SCALES[scale]
+    return tuple(make_divisible(min(LAYERS[i][3][0], max_channels) * width) for i in (16, 19, 22))
+
+
+def class_hidden_width(scale: str, num_classes: int, variant: "Variant | None" = None) -> int:
+    """The class-branch hidden width of a YOLO11 at ``scale`` with ``num_classes`` classes:
+    ``variant.cls_hidden``, else Ultralytics' rule (yolo11n: 64 up to 64 classes, 80 at 80)."""
+    return (variant or DEFAULT_VARIANT).class_hidden_width(detect_channels(scale)[0], num_classes)
 
 
 def class_bias_init(num_classes: int, stride: int) -> float:
@@ -360,14 +401,16 @@ class Detect(nnx.Module):
     least float32.
     """
 
-    def __init__(self, num_classes: int, channels: tuple[int, ...], reg_max: int = 16, *, rngs: nnx.Rngs):
+    def __init__(self, num_classes: int, channels: tuple[int, ...], reg_max: int = 16, *,
+                 cls_hidden: int | None = None, rngs: nnx.Rngs):
         if reg_max < 2:
             raise ValueError(f"reg_max must be at least 2 (DFL bins per box side); got {reg_max}")
         self.num_classes = num_classes
         self.reg_max = reg_max
         self.channels = tuple(channels)
         c2 = max(16, channels[0] // 4, 4 * reg_max)
-        c3 = max(channels[0], min(num_classes, 100))
+        c3 = cls_hidden if cls_hidden is not None else ultralytics_class_hidden(channels[0], num_classes)
+        self.cls_hidden = c3  # the class branch's hidden width (see Variant.cls_hidden)
         self.cv2 = nnx.List([
             nnx.List([ConvBNSiLU(c, c2, 3, rngs=rngs), ConvBNSiLU(c2, c2, 3, rngs=rngs),
                       _conv1x1_with_bias(c2, 4 * reg_max, rngs)])
@@ -462,7 +505,8 @@ class YOLO11(nnx.Module):
 
     def class_branch_prefixes(self) -> tuple[str, ...]:
         """State-dict key prefixes of the layers whose shapes may depend on the class count: the
-        class branch ``cv3`` (its last 1x1 always, its hidden widths for yolo11n)."""
+        class branch ``cv3`` (its last 1x1 always, its hidden widths for yolo11n unless
+        ``Variant.cls_hidden`` fixes them)."""
         return (f"model.{DETECT_INDEX}.cv3.",)
 
     def init_class_bias(self, prior_fn: Callable[[int, int], float]) -> None:
@@ -508,7 +552,8 @@ def _build_layers(scale: str, num_classes: int, reg_max: int, in_channels: int, 
         elif kind == "Concat":
             layer, c_out = Concat(), sum(c_in if j == -1 else widths[j] for j in source)
         elif kind == "Detect":
-            layer = Detect(num_classes, tuple(widths[j] for j in source), reg_max, rngs=rngs)
+            layer = Detect(num_classes, tuple(widths[j] for j in source), reg_max, cls_hidden=variant.cls_hidden,
+                           rngs=rngs)
             c_out = 0
         else:
             raise AssertionError(f"unknown layer kind {kind}")
