@@ -1,17 +1,31 @@
-"""Real labelled data, pinned in tests/real_files.py (DATASETS): DeepForest 2.1.0's two aerial
-photos (400 x 400 px) with their hand-drawn boxes, 61 trees in OSBS_029 and 37 dead or alive
-trees in SOAP_061. Written here as the YOLO folder a user would make of them (the CSV's pixel
-boxes -> normalised ``cls cx cy w h``, ``classes.txt``), then:
+"""Real labelled data, pinned in tests/real_files.py (DATASETS).
+
+DeepForest 2.1.0's two aerial photos (400 x 400 px) with their hand-drawn boxes, 61 trees in
+OSBS_029 and 37 dead or alive trees in SOAP_061. Written here as the YOLO folder a user would
+make of them (the CSV's pixel boxes -> normalised ``cls cx cy w h``, ``classes.txt``), then:
 
 * the default padding (from the data) drops no box, with and without mosaic, where the old
   default of 8 dropped 82 of 98;
 * the official yolo11n (real_files CHECKPOINTS) meets class names that are not COCO's: evaluate
   stops with both sets listed; ``--class-map`` pairs them by hand and scores only those classes.
+
+labelme 6.3.1's COCO json of three PASCAL VOC 2011 photos, read as it is: 21 categories with
+ids 0..20 (``_background_``, VOC names such as ``potted plant`` and ``tv/monitor``), 12 boxes of
+6 of them. Its class names overlap COCO's:
+
+* the reader keeps the ids and names as given and drops nothing;
+* the official yolo11n maps person, bus, bottle, car and chair by name; ``sofa`` (with a box)
+  is not COCO's, so evaluate stops until ``--class-map 'sofa=couch'``; the 15 classes without a
+  box need no counterpart and are named as unscored; the mAP equals pycocotools' on the json
+  remapped by hand to COCO ids;
+* training on it a few steps drops no box at the default settings.
 """
 
 import csv
+import json
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -103,3 +117,157 @@ def test_official_checkpoint_meets_other_class_names(folder, tmp_path, capsys):
 
     result = json.loads(out_json.read_text())
     assert result["num_gt"] == 98 and [r["num_gt"] for r in result["per_class"]] == [61, 28, 9]
+
+
+# --------------------------------------------------------------------------- labelme's VOC 2011 json
+
+LABELME = "labelme_voc2011_coco"
+# The json's category ids of the classes with boxes -> the official yolo11n's (COCO) class ids,
+# written out by hand: person, bus, bottle, car, chair, and sofa as COCO's couch.
+VOC_TO_COCO = {15: 0, 6: 5, 5: 39, 7: 2, 9: 56, 18: 57}
+LABELME_BOXES = {"person": 6, "bus": 2, "bottle": 1, "car": 1, "chair": 1, "sofa": 1}
+
+
+def _labelme():
+    """``(annotations.json, its folder, the parsed json)``. The images are ``JPEGImages/...``
+    relative to the json's folder, which is passed as the image folder (``--image-dir``)."""
+    folder = real_file(LABELME)
+    path = folder / "annotations.json"
+    return path, folder, json.loads(path.read_text())
+
+
+def test_labelme_coco_json_read_as_given():
+    from yolo11_jax.class_names import class_box_counts
+    from yolo11_jax.data import build_dataset, coco_categories
+    from yolo11_jax.data.coco_json import file_names_found_under
+
+    path, folder, coco = _labelme()
+    id_to_label, names = coco_categories(path)
+    cats = sorted(coco["categories"], key=lambda c: c["id"])
+    assert [c["id"] for c in cats] == list(range(21)) and id_to_label == {i: i for i in range(21)}
+    assert names == [c["name"] for c in cats] and names[0] == "_background_"
+    assert {"potted plant", "tv/monitor", "diningtable", "motorbike", "aeroplane", "sofa"} <= set(names)
+    assert file_names_found_under(path, folder) and not file_names_found_under(path, folder / "JPEGImages")
+
+    data = build_dataset(str(path), image_dir=str(folder), split="train", img_size=None)
+    assert data.class_names == names and len(data.examples) == 3
+    st = data.stats
+    assert (st.images_seen, st.images_kept, st.boxes_seen, st.boxes_kept) == (3, 3, 12, 12)
+    assert st.boxes_dropped_degenerate == st.boxes_dropped_outside == st.iscrowd_skipped == 0
+    assert st.images_skipped_unreadable == st.images_skipped_empty == st.boxes_clipped == 0
+    counts = class_box_counts(data.examples, len(names))
+    assert {names[k]: int(c) for k, c in enumerate(counts) if c} == LABELME_BOXES and (counts == 0).sum() == 15
+    # every box as the json gives it: label = category id, pixels back from the normalised boxes
+    sizes = {im["file_name"]: (im["width"], im["height"]) for im in coco["images"]}
+    by_image = {im["id"]: [a for a in coco["annotations"] if a["image_id"] == im["id"]] for im in coco["images"]}
+    for rec, im in zip(data.examples.records, coco["images"]):
+        w, h = sizes[im["file_name"]]
+        cx, cy, bw, bh = np.asarray(rec.boxes_cxcywh, np.float64).T
+        xywh = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h], -1)
+        np.testing.assert_allclose(xywh, [a["bbox"] for a in by_image[im["id"]]], atol=1e-3)  # px
+        assert rec.labels.tolist() == [a["category_id"] for a in by_image[im["id"]]]
+
+
+def _pycocotools_map_remapped_by_hand(tmp_path, coco, folder, weights, batch_size):
+    """mAP@[.5:.95] and AP50 of the official yolo11n on the json remapped by hand to COCO ids,
+    scored by pycocotools from files, the standard way. The detections are the model's, run as
+    ``evaluate`` runs an Ultralytics .pt (``rect`` at its image size, conf 0.001; images decoded
+    with OpenCV, in the json's order and batch size, so the same batches are compiled)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from yolo11_jax import inference
+    from yolo11_jax.letterbox import decode_image_rgb
+
+    loaded = inference.load_model(weights=weights)
+    opts = inference.resolve_inference_options(loaded, {}, conf_threshold=0.001)
+    detector = inference.Detector(loaded.model, conf_threshold=opts.conf_threshold, iou_threshold=opts.iou_threshold,
+                                  max_det=opts.max_det, class_offset=opts.nms_class_offset, batch_size=batch_size)
+    files = [str(folder / im["file_name"]) for im in coco["images"]]
+    dets = inference.detect_rgb_images(detector, [decode_image_rgb(np.fromfile(f, np.uint8), f) for f in files], opts)
+    results = [{"image_id": im["id"], "category_id": int(c) + 1, "score": float(sc),
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]}
+               for im, d in zip(coco["images"], dets)
+               for (x0, y0, x1, y1), sc, c in zip(d["boxes_xyxy"], d["scores"], d["classes"])]
+    gt = {"images": [{k: im[k] for k in ("id", "width", "height", "file_name")} for im in coco["images"]],
+          "annotations": [{"id": a["id"] + 1, "image_id": a["image_id"], "category_id": VOC_TO_COCO[a["category_id"]] + 1,
+                           "bbox": a["bbox"], "area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0}
+                          for a in coco["annotations"]],
+          "categories": [{"id": j + 1, "name": n} for j, n in enumerate(loaded.class_names)]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dets.json").write_text(json.dumps(results))
+    coco_gt = COCO(str(tmp_path / "gt.json"))
+    ev = COCOeval(coco_gt, coco_gt.loadRes(str(tmp_path / "dets.json")), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return float(ev.stats[0]), float(ev.stats[1])
+
+
+@pytest.mark.slow
+def test_official_checkpoint_on_labelme_voc_classes(tmp_path, capsys):
+    from yolo11_jax import evaluate
+
+    path, folder, coco = _labelme()
+    weights = real_file("yolo11n_official")
+    base = ["--weights", str(weights), "--data", str(path), "--image-dir", str(folder), "--split", "train",
+            "--batch-size", "4"]
+    # sofa has a box and COCO has no 'sofa': stop, listing both sets (the empty classes are not blamed)
+    assert evaluate.main(base) == 2
+    err = capsys.readouterr().err
+    assert "['sofa'] not found" in err and "'tv/monitor'" in err and "'couch'" in err
+    assert "data classes with boxes (6): ['bottle', 'bus', 'car', 'chair', 'person', 'sofa']" in err
+
+    out_json = tmp_path / "r.json"
+    assert evaluate.main(base + ["--class-map", "sofa=couch", "--json", str(out_json)]) == 0
+    captured = capsys.readouterr()
+    assert ("6 data classes with boxes mapped as given (--class-map) onto the model's 80, only those scored: "
+            "bottle->bottle (39), bus->bus (5), car->car (2), chair->chair (56), person->person (0), "
+            "sofa->couch (57); 15 of the data's 21 classes have no box in this data and are left unscored: "
+            "_background_, aeroplane, bicycle, bird, boat, cat, cow, diningtable, dog, horse, motorbike, "
+            "potted plant, sheep, train, tv/monitor") in captured.err
+    result = json.loads(out_json.read_text())
+    assert [r["name"] for r in result["per_class"]] == ["bottle", "bus", "car", "chair", "person", "couch"]
+    assert [r["num_gt"] for r in result["per_class"]] == [1, 2, 1, 1, 6, 1] and result["num_gt"] == 12
+    assert result["classes_scored"] == [39, 5, 2, 56, 0, 57] and len(result["classes_unscored"]) == 15
+    table = [ln.split()[0] for ln in captured.out.splitlines()[3:9]]
+    assert table == ["bottle", "bus", "car", "chair", "person", "couch"]
+
+    # The same detections scored by pycocotools on the json remapped by hand. Tolerance 1e-6: the
+    # same pycocotools; only the ground truth's float rounding differs (evaluate reads it back
+    # from normalised boxes: ~1e-5 px, which moves no IoU across a threshold here).
+    ref_map, ref_ap50 = _pycocotools_map_remapped_by_hand(tmp_path, coco, folder, weights, batch_size=4)
+    print(f"labelme VOC 2011, official yolo11n, sofa=couch: mAP@[.5:.95] {result['mAP']:.6f} "
+          f"(pycocotools by hand {ref_map:.6f}, difference {abs(result['mAP'] - ref_map):.1e}), "
+          f"AP50 {result['AP50']:.6f} ({ref_ap50:.6f})")
+    assert 0 < ref_map < 1
+    assert result["mAP"] == pytest.approx(ref_map, abs=1e-6) and result["AP50"] == pytest.approx(ref_ap50, abs=1e-6)
+
+
+@pytest.mark.slow  # a training run
+def test_labelme_voc_trains_without_dropping_a_box(tmp_path):
+    from tests.helpers import XLA_CACHE_DIR
+    from yolo11_jax.train import build_parser, config_from_args, finish, loop, setup
+
+    path, folder, _ = _labelme()
+    argv = ["--config", "smoke", "--data", str(path), "--image-dir", str(folder), "--val-split", "none",
+            "--img-size", "320", "--batch-size", "3", "--steps", "2", "--log-every", "1", "--step-timing-steps", "0",
+            "--checkpoint-every-epochs", "0", "--eval-every-epochs", "0", "--compile-cache-dir", XLA_CACHE_DIR,
+            "--run-dir", str(tmp_path / "run")]
+    cfg = config_from_args(build_parser("smoke").parse_args(argv))
+    assert cfg.max_boxes == "auto" and cfg.val_split is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run = setup(cfg, progress=False)
+        t_start = time.perf_counter()
+        loop(run, end_step=2, t_start=t_start)
+        result = finish(run, end_step=2, t_start=t_start)
+    assert run.cfg.num_classes == 21 and run.cfg.class_names[18] == "sofa"
+    stats = run.train_data.stats
+    assert (stats.images_kept, stats.boxes_seen, stats.boxes_kept) == (3, 12, 12)
+    assert stats.samples_made == 6 and stats.boxes_truncated_max_boxes == stats.samples_truncated_max_boxes == 0
+    assert stats.sample_boxes == 2 * 12 and stats.boxes_dropped_augmentation == 0  # two passes, every box
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["max_boxes"] == 8 and saved["resolved"]["max_boxes"]["boxes_over"] == 0  # 6 boxes at most -> 8
+    assert all(np.isfinite(v) for row in result["history"] for k, v in row.items() if k.endswith("loss"))
+    print(stats.summary())

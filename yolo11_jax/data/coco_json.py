@@ -36,6 +36,17 @@ def coco_categories(
     return {cid: k for k, cid in enumerate(ids)}, [cats[i] for i in ids]
 
 
+def file_names_found_under(annotation_json: Union[str, os.PathLike, dict], folder: Union[str, os.PathLike],
+                           *, sample: int = 3) -> bool:
+    """Whether the json's first ``sample`` images (``file_name``, which may hold a sub-folder such
+    as labelme's ``JPEGImages/2011_000003.jpg``) are files under ``folder``: a way to recognise
+    the json's own folder as the image folder. ``False`` for a json without images."""
+    images = _read_json(annotation_json).get("images", [])[:sample]
+    folder = Path(folder)
+    return bool(images) and all(isinstance(i.get("file_name"), str) and (folder / i["file_name"]).is_file()
+                                for i in images)
+
+
 def _read_json(annotation_json: Union[str, os.PathLike, dict]) -> dict:
     if isinstance(annotation_json, dict):
         return annotation_json
