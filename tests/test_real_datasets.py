@@ -190,8 +190,9 @@ def _pycocotools_map_remapped_by_hand(tmp_path, coco, folder, weights, batch_siz
                for im, d in zip(coco["images"], dets)
                for (x0, y0, x1, y1), sc, c in zip(d["boxes_xyxy"], d["scores"], d["classes"])]
     gt = {"images": [{k: im[k] for k in ("id", "width", "height", "file_name")} for im in coco["images"]],
-          "annotations": [{"id": a["id"] + 1, "image_id": a["image_id"], "category_id": VOC_TO_COCO[a["category_id"]] + 1,
-                           "bbox": a["bbox"], "area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0}
+          "annotations": [{"id": a["id"] + 1, "image_id": a["image_id"], "bbox": a["bbox"],
+                           "category_id": VOC_TO_COCO[a["category_id"]] + 1,
+                           "area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0}
                           for a in coco["annotations"]],
           "categories": [{"id": j + 1, "name": n} for j, n in enumerate(loaded.class_names)]}
     (tmp_path / "gt.json").write_text(json.dumps(gt))

@@ -98,7 +98,8 @@ class ClassMatch:
                EXPLICIT: "mapped as given (--class-map)"}[self.kind]
         total = len(self.model_names) if self.model_names is not None else k
         with_boxes = " with boxes" if self.unscored else ""
-        line = f"classes: {len(scored)} data classes{with_boxes} {how} onto the model's {total}, only those scored: {pairs}"
+        line = (f"classes: {len(scored)} data classes{with_boxes} {how} onto the model's {total}, "
+                f"only those scored: {pairs}")
         if self.unscored:
             line += (f"; {len(self.unscored)} of the data's {k} classes have no box in this data and are left "
                      f"unscored: {', '.join(self.unscored_names)}")
