@@ -223,3 +223,37 @@ def test_fine_tuning_starts_from_the_file(name, loaded):
     images = photo((128, 160))
     for (_, _, raw_file), (_, _, raw_tuned) in zip(model(images), built(images)):
         np.testing.assert_array_equal(np.asarray(raw_file), np.asarray(raw_tuned))
+
+
+@pytest.mark.slow  # loads a real network (10-30 s on 2 CPU cores)
+def test_keep_class_rows_from_the_official_yolo11n_keeps_its_class_branch_and_two_rows():
+    """``train --init-weights yolo11n.pt --keep-class-rows`` onto person, car and a name COCO does
+    not have: the class branch is built 80 wide (the file's; Ultralytics' rule gives 64 at 3
+    classes), its hidden layers are the file's, and the class layer's person and car rows are the
+    file's rows 0 and 2; everything but the three class layers comes from the file."""
+    from yolo11_jax.train import load_initial_weights
+
+    path = real_file("yolo11n_official")
+    names = ["person", "car", "not-a-coco-name"]
+    model, note = convert.build_for_init_weights("yolo11n", path, num_classes=3, keep_class_rows=True,
+                                                 class_names=names, rngs=nnx.Rngs(0))
+    assert model.variant == Variant(cls_hidden=80) and "class branch kept 80 wide" in note and "instead of 64" in note
+    lines = load_initial_weights(model, path, data_names=names, keep_class_rows=True)
+    assert "re-initialised (class count differs) 6 tensors in 3 layers" in "\n".join(lines), lines
+    assert lines[-1].startswith("class rows: kept the checkpoint's rows of 2 shared classes (person, car) in 3 class "
+                                "layers"), lines[-1]
+    state_dict, info = read_ultralytics(path)
+    assert info["class_names"][0] == "person" and info["class_names"][2] == "car"
+    after = convert.to_state_dict(model)
+    last = tuple(f"model.23.cv3.{i}.2." for i in range(3))
+    hidden = [k for k in after if k.startswith("model.23.cv3.") and not k.startswith(last)]
+    assert len(hidden) == 3 * 4 * (1 + 5)    # per level 4 Conv: kernel and 5 BatchNorm leaves each
+    for k in after:
+        if not k.startswith(last):
+            np.testing.assert_array_equal(after[k], state_dict[k].astype(after[k].dtype), err_msg=k)
+    for p in last:
+        assert after[p + "weight"].shape == (3, 80, 1, 1)
+        for i, j in ((0, 0), (1, 2)):
+            np.testing.assert_array_equal(after[p + "weight"][i], state_dict[p + "weight"][j])
+            np.testing.assert_array_equal(after[p + "bias"][i], state_dict[p + "bias"][j])
+        assert not np.array_equal(after[p + "weight"][2], state_dict[p + "weight"][1])

@@ -38,7 +38,7 @@ import numpy as np
 from flax import nnx
 
 from yolo11_jax.model import ConvBNSiLU, YOLOv11, torch_constants
-from yolo11_jax.yolo11 import DEFAULT_VARIANT, YOLO11, Variant
+from yolo11_jax.yolo11 import DEFAULT_VARIANT, DETECT_INDEX, YOLO11, Variant
 
 Model = YOLOv11 | YOLO11
 
@@ -292,7 +292,9 @@ def load_pretrained(model: Model, state_dict: Mapping[str, Any]) -> PretrainedRe
     ``model.num_classes``, the class-branch layers whose shapes depend on it: the last 1x1
     convolution of each level's class branch (weight and bias) and, in yolo11n, whose class
     branch is ``max(64, min(nc, 100))`` wide, the branch's hidden layers too (as in Ultralytics,
-    which loads only the tensors whose shapes fit). Those layers (a layer is a convolution or a
+    which loads only the tensors whose shapes fit), unless the model's ``Variant.cls_hidden``
+    gives them the checkpoint's width (``train --keep-class-rows``): then they load, and only
+    the last 1x1 layers are re-initialised. Those layers (a layer is a convolution or a
     BatchNorm; all of its leaves) keep the values ``model`` has: build the model fresh with
     ``build_model`` and they are its initialisation.
 
@@ -361,42 +363,137 @@ def variant_from_metadata(meta: Mapping[str, str], source: str = "") -> Variant:
         raise ValueError(f"{source}: metadata {VARIANT_METADATA_KEY}: {e}") from None
 
 
-def weights_variant(path: str | os.PathLike) -> tuple[Variant, str]:
-    """``(variant, where it came from)`` of a weights file: an Ultralytics ``.pt`` (its records)
-    or a ``.safetensors`` (its metadata; the default when it has none)."""
-    from yolo11_jax.ultralytics_pt import read_ultralytics
+@dataclasses.dataclass(frozen=True)
+class WeightsFileFacts:
+    """What a weights file says about the network it holds (``weights_file_facts``).
+
+    Attributes:
+      variant: the ``Variant`` it records (a ``.pt``: its module records and, for
+        ``cls_hidden``, its tensor shapes; a ``.safetensors``: its metadata, the default without).
+      where: where the variant came from, for the log.
+      num_classes: the class count of its class-output layer (``None``: no YOLO11 head).
+      class_names: its class names, or ``None``.
+      class_widths: ``(ch0, c3)`` of its Detect class branch (``ultralytics_pt.class_branch_widths``),
+        or ``None``.
+    """
+
+    variant: Variant
+    where: str
+    num_classes: int | None
+    class_names: list[str] | None
+    class_widths: tuple[int, int] | None
+
+
+def weights_file_facts(path: str | os.PathLike) -> WeightsFileFacts:
+    """Read ``WeightsFileFacts`` from an Ultralytics ``.pt`` or a ``.safetensors`` (the latter
+    without reading its tensors: the shapes and metadata only)."""
+    from yolo11_jax.ultralytics_pt import class_branch_widths, read_ultralytics
 
     path = str(path)
     if path.endswith(".pt"):
-        _, info = read_ultralytics(path)
-        return Variant(**info["variant"]), f"the records of {os.path.basename(path)} " \
-                                          f"(Ultralytics {info['ultralytics_version'] or '?'})"
+        state_dict, info = read_ultralytics(path)
+        return WeightsFileFacts(
+            Variant(**info["variant"]),
+            f"the records of {os.path.basename(path)} (Ultralytics {info['ultralytics_version'] or '?'})",
+            info["num_classes"], list(info["class_names"]),
+            class_branch_widths({k: v.shape for k, v in state_dict.items()}))
     from safetensors import safe_open
+
+    from yolo11_jax.inference import weights_config
 
     with safe_open(path, framework="numpy") as f:
         meta = dict(f.metadata() or {})
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()
+                  if k.startswith(f"model.{DETECT_INDEX}.cv3.0.")}
+    bias = shapes.get(f"model.{DETECT_INDEX}.cv3.0.2.bias")
+    names = weights_config(path).get("class_names")
     if VARIANT_METADATA_KEY not in meta and VARIANT_METADATA_KEY not in meta.get("config", ""):
-        return DEFAULT_VARIANT, f"{os.path.basename(path)} (no {VARIANT_METADATA_KEY} metadata: the default)"
-    return variant_from_metadata(meta, path), f"the metadata of {os.path.basename(path)}"
+        variant, where = DEFAULT_VARIANT, f"{os.path.basename(path)} (no {VARIANT_METADATA_KEY} metadata: the default)"
+    else:
+        variant, where = variant_from_metadata(meta, path), f"the metadata of {os.path.basename(path)}"
+    return WeightsFileFacts(variant, where, int(bias[0]) if bias is not None and len(bias) == 1 else None,
+                            list(names) if isinstance(names, list) else None, class_branch_widths(shapes))
 
 
-def build_for_init_weights(preset: str, path: str | os.PathLike, *, num_classes: int, **build_kwargs
-                           ) -> tuple[Model, str | None]:
+def weights_variant(path: str | os.PathLike) -> tuple[Variant, str]:
+    """``(variant, where it came from)`` of a weights file: an Ultralytics ``.pt`` (its records)
+    or a ``.safetensors`` (its metadata; the default when it has none)."""
+    facts = weights_file_facts(path)
+    return facts.variant, facts.where
+
+
+def init_weights_variant(facts: WeightsFileFacts, num_classes: int, *, keep_class_rows: bool = False,
+                         class_names=None) -> tuple[Variant, str | None]:
+    """The ``Variant`` to fine-tune a YOLO11 with ``num_classes`` classes from a file
+    (``facts``), and a log line when its class branch is not the file's variant's.
+
+    The file's variant, with the class branch's hidden width (``cls_hidden``) chosen so:
+
+    * the same class count: the file's width (the network the file describes);
+    * another class count, ``keep_class_rows`` and at least one class name (``class_names``, the
+      data's) shared with the file's: the file's width when Ultralytics' rule would give another
+      one (yolo11n from 80 COCO classes: 80, not 64), so that the branch's hidden layers load
+      from the file and only its last 1x1 class layer is new, where ``class_names.keep_class_rows``
+      copies the shared classes' rows. A deviation from Ultralytics, which rebuilds the branch
+      by its rule and re-initialises every layer whose shape changed;
+    * otherwise Ultralytics' rule (``cls_hidden=None``).
+    """
+    from yolo11_jax.yolo11 import ultralytics_class_hidden
+
+    variant = facts.variant
+    if facts.class_widths is None or facts.num_classes is None:
+        return variant, None
+    ch0, ckpt_width = facts.class_widths
+    rule_width = ultralytics_class_hidden(ch0, num_classes)
+    if facts.num_classes == num_classes:
+        want = None if ckpt_width == rule_width else ckpt_width
+        if want == variant.cls_hidden:
+            return variant, None
+        return dataclasses.replace(variant, cls_hidden=want), (
+            f"init weights: the class branch of {facts.where} is {ckpt_width} wide; building it so")
+    shared = []
+    if keep_class_rows and class_names and facts.class_names:
+        from yolo11_jax.class_names import shared_class_pairs
+
+        shared = shared_class_pairs(list(class_names), facts.class_names)
+    if shared and ckpt_width != rule_width:
+        return dataclasses.replace(variant, cls_hidden=ckpt_width), (
+            f"--keep-class-rows: class branch kept {ckpt_width} wide (the checkpoint's, for {facts.num_classes} classes) "
+            f"instead of {rule_width} (Ultralytics' max({ch0}, min({num_classes}, 100)) for {num_classes} classes), so "
+            f"its hidden layers load from the file and only the last class layer is new, where the rows of the "
+            f"{len(shared)} shared classes are kept (Ultralytics re-initialises the whole branch)")
+    if variant.cls_hidden is not None:
+        return dataclasses.replace(variant, cls_hidden=None), (
+            f"init weights: class branch {rule_width} wide (Ultralytics' rule for {num_classes} classes), not the "
+            f"file's {ckpt_width} (for its {facts.num_classes} classes)")
+    return variant, None
+
+
+def build_for_init_weights(preset: str, path: str | os.PathLike, *, num_classes: int, keep_class_rows: bool = False,
+                           class_names=None, **build_kwargs) -> tuple[Model, str | None]:
     """The model to fine-tune from ``path`` (``--init-weights``): ``presets.build_model(preset,
     num_classes=..., **build_kwargs)`` (``dtype``, ``conv_impl``, ``rngs``), a YOLO11 preset
     built with the architecture variant the file records, so that its weights compute what they
-    were trained to. Returns ``(model, note)``: ``note`` is a log line when the file's variant is
-    not the default (``None`` otherwise, and for the notebook's networks)."""
+    were trained to, and the class branch's width chosen by ``init_weights_variant``
+    (``keep_class_rows``: ``train --keep-class-rows``; ``class_names``: the data's). Returns
+    ``(model, note)``: ``note`` is the log line(s) when the variant is not the default or the
+    class branch is not the file's variant's (``None`` otherwise, and for the notebook's
+    networks)."""
     from yolo11_jax.presets import build_model, get_preset
 
     if get_preset(preset).scale is None:
         return build_model(preset, num_classes=num_classes, **build_kwargs), None
-    variant, where = weights_variant(path)
+    facts = weights_file_facts(path)
+    variant, branch_note = init_weights_variant(facts, num_classes, keep_class_rows=keep_class_rows,
+                                                class_names=class_names)
     model = build_model(preset, num_classes=num_classes, variant=variant, **build_kwargs)
-    if variant == DEFAULT_VARIANT:
-        return model, None
-    return model, (f"init weights: following the architecture recorded in {where}: {variant.name} "
-                   f"(--model {preset} builds {DEFAULT_VARIANT.name} from scratch)")
+    notes = []
+    if facts.variant != DEFAULT_VARIANT:
+        notes.append(f"init weights: following the architecture recorded in {facts.where}: {facts.variant.name} "
+                     f"(--model {preset} builds {DEFAULT_VARIANT.name} from scratch)")
+    if branch_note:
+        notes.append(branch_note)
+    return model, "\n".join(notes) or None
 
 
 _CLASS_IN_NNX = {"Conv": "ConvBNSiLU", "DWConv": "ConvBNSiLU"}

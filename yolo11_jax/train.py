@@ -501,14 +501,17 @@ def _saved_variant(run_dir: Path) -> Variant:
 
 def _build_model(cfg: TrainConfig, resume: Path | None, log) -> nnx.Module:
     """The network: with ``--init-weights`` (not resuming) the one the file describes
-    (``convert.build_for_init_weights``: a YOLO11 with the file's variant), its weights loaded;
+    (``convert.build_for_init_weights``: a YOLO11 with the file's variant; with
+    ``--keep-class-rows`` onto another class list, its class branch as wide as the file's), its
+    weights loaded;
     resuming, the variant the run recorded; else ``--model`` as built from scratch."""
     kwargs = dict(num_classes=cfg.num_classes, dtype=DTYPES[cfg.dtype], conv_impl=cfg.conv_impl,
                   rngs=nnx.Rngs(cfg.seed))
     if cfg.init_weights and resume is None:
-        model, note = convert.build_for_init_weights(cfg.model, cfg.init_weights, **kwargs)
-        if note:
-            log(note)
+        model, note = convert.build_for_init_weights(cfg.model, cfg.init_weights, keep_class_rows=cfg.keep_class_rows,
+                                                     class_names=cfg.class_names, **kwargs)
+        for line in (note.splitlines() if note else []):
+            log(line)
         for line in load_initial_weights(model, Path(cfg.init_weights), data_names=cfg.class_names,
                                          keep_class_rows=cfg.keep_class_rows):
             log(line)

@@ -116,7 +116,11 @@ class TrainConfig:
                                          "checkpoint (yolo11n.pt, a best.pt) or a .safetensors file; with another "
                                          "number of classes, the class-output layers are re-initialised")
     keep_class_rows: bool = option(False, "with --init-weights onto another class list: keep the checkpoint's "
-                                   "class-layer rows of the classes whose names the data shares (class_names.py)")
+                                   "class-layer rows of the classes whose names the data shares (class_names.py); "
+                                   "where the class branch's width follows the class count (yolo11n: 80 wide at 80 "
+                                   "classes, 64 below 65), the branch keeps the checkpoint's width so its hidden "
+                                   "layers load too (unlike Ultralytics, which re-initialises them; "
+                                   "docs/keep_class_rows.md)")
     # -- length, optimizer, loss
     epochs: int = option(6, "training length in epochs (--steps overrides it)", check=at_least(1))
     steps: Optional[int] = option(None, "training length in optimizer steps (default: --epochs x the batches "

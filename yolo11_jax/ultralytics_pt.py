@@ -572,7 +572,8 @@ def read_ultralytics(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         ('yolo11n'..), ``weights_key`` ('model' or 'ema'; None for a bare pickled model),
         ``ultralytics_version`` (the checkpoint's ``version``, or None), ``epoch``, ``date``,
         ``file_dtype`` (the weights' dtype in the file, e.g. 'float16'), ``path``,
-        ``variant`` (the ``yolo11.Variant`` fields the file records, a dict), ``reg_max``,
+        ``variant`` (the ``yolo11.Variant`` fields the file records, a dict; ``cls_hidden`` only
+        when the class branch's width is not Ultralytics' rule), ``reg_max``,
         ``imgsz`` (``train_args.imgsz``, or None), ``architecture`` (``architecture_records``).
 
     Raises:
@@ -618,6 +619,11 @@ def read_ultralytics(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
 
     records = architecture_records(model)
     variant, reg_max = _variant_from_records(records, path)
+    widths = class_branch_widths({k: a.shape for k, a in raw.items()})
+    if widths is not None and widths[1] != max(widths[0], min(num_classes, 100)):
+        # Ultralytics' own Detect always follows the rule; a file whose class branch has another
+        # width (its modules built so) is read as the network it is: Variant.cls_hidden.
+        variant["cls_hidden"] = widths[1]
     dfl = raw.get("model.23.dfl.conv.weight")
     if dfl is not None and dfl.shape[1:2] != (reg_max,):
         raise UltralyticsCheckpointError(f"{path}: the Detect record says reg_max={reg_max} but "
@@ -633,6 +639,20 @@ def read_ultralytics(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         imgsz=_train_imgsz(ckpt, model), architecture=records,
     )
     return state_dict, info
+
+
+CLASS_HIDDEN_KEY = "model.23.cv3.0.0.1.conv.weight"  # the class branch's first 1x1: (c3, ch0, 1, 1)
+
+
+def class_branch_widths(shapes: dict[str, tuple]) -> tuple[int, int] | None:
+    """``(ch0, c3)`` of a YOLO11 state dict's Detect class branch, from its tensor shapes
+    (``{key: shape}``): the stride-8 input width and the hidden width of the level-0 branch
+    (``CLASS_HIDDEN_KEY``, OIHW). ``None`` when the key is missing or not 4-D. Ultralytics builds
+    ``c3 = max(ch0, min(nc, 100))``; ``yolo11.Variant.cls_hidden`` records any other width."""
+    shape = shapes.get(CLASS_HIDDEN_KEY)
+    if shape is None or len(shape) != 4:
+        return None
+    return int(shape[1]), int(shape[0])
 
 
 # Attributes of Ultralytics' module records that fix the architecture (see architecture_records).
