@@ -130,7 +130,8 @@ LABELME_BOXES = {"person": 6, "bus": 2, "bottle": 1, "car": 1, "chair": 1, "sofa
 
 def _labelme():
     """``(annotations.json, its folder, the parsed json)``. The images are ``JPEGImages/...``
-    relative to the json's folder, which is passed as the image folder (``--image-dir``)."""
+    relative to the json's folder, which the COCO reader recognises as the image folder
+    (``guess_coco_image_dir``), so the commands need no ``--image-dir``."""
     folder = real_file(LABELME)
     path = folder / "annotations.json"
     return path, folder, json.loads(path.read_text())
@@ -148,6 +149,8 @@ def test_labelme_coco_json_read_as_given():
     assert names == [c["name"] for c in cats] and names[0] == "_background_"
     assert {"potted plant", "tv/monitor", "diningtable", "motorbike", "aeroplane", "sofa"} <= set(names)
     assert file_names_found_under(path, folder) and not file_names_found_under(path, folder / "JPEGImages")
+    from yolo11_jax.data.build import guess_coco_image_dir
+    assert guess_coco_image_dir(path) == folder.resolve()
 
     data = build_dataset(str(path), image_dir=str(folder), split="train", img_size=None)
     assert data.class_names == names and len(data.examples) == 3
@@ -211,7 +214,7 @@ def test_official_checkpoint_on_labelme_voc_classes(tmp_path, capsys):
 
     path, folder, coco = _labelme()
     weights = real_file("yolo11n_official")
-    base = ["--weights", str(weights), "--data", str(path), "--image-dir", str(folder), "--split", "train",
+    base = ["--weights", str(weights), "--data", str(path), "--split", "train",
             "--batch-size", "4"]
     # sofa has a box and COCO has no 'sofa': stop, listing both sets (the empty classes are not blamed)
     assert evaluate.main(base) == 2
@@ -251,7 +254,7 @@ def test_labelme_voc_trains_without_dropping_a_box(tmp_path):
     from yolo11_jax.train import build_parser, config_from_args, finish, loop, setup
 
     path, folder, _ = _labelme()
-    argv = ["--config", "smoke", "--data", str(path), "--image-dir", str(folder), "--val-split", "none",
+    argv = ["--config", "smoke", "--data", str(path), "--val-split", "none",
             "--img-size", "320", "--batch-size", "3", "--steps", "2", "--log-every", "1", "--step-timing-steps", "0",
             "--checkpoint-every-epochs", "0", "--eval-every-epochs", "0", "--compile-cache-dir", XLA_CACHE_DIR,
             "--run-dir", str(tmp_path / "run")]

@@ -98,7 +98,8 @@ def guess_coco_image_dir(annotation_json: Union[str, os.PathLike]) -> Path:
 
     For ``<root>/annotations/instances_val2017.json`` tries ``<root>/val2017``,
     ``<root>/images/val2017``, ``<root>/images``, then the same names next to the json
-    and the json's own folder if it holds images.
+    and the json's own folder if its ``file_name`` entries are found under it (they may hold
+    a sub-folder, as labelme's ``JPEGImages/x.jpg``) or if it holds images.
 
     Raises:
       ValueError: no candidate exists (pass ``image_dir`` explicitly).
@@ -112,6 +113,9 @@ def guess_coco_image_dir(annotation_json: Union[str, os.PathLike]) -> Path:
     for c in candidates:
         if c.is_dir():
             return c
+    from .coco_json import file_names_found_under
+    if file_names_found_under(p, p.parent):  # file_name holds a sub-folder, e.g. labelme's 'JPEGImages/x.jpg'
+        return p.parent
     if any(f.suffix.lower() in IMAGE_EXTENSIONS for f in p.parent.iterdir()):
         return p.parent
     raise ValueError(
