@@ -96,7 +96,7 @@ def test_help_shows_the_chosen_configs_values(capsys):
     cfg = named_config("cpu-ultralytics")
     for key, want in (("optimizer", "auto"), ("model", "yolo11n"), ("epochs", "14"), ("lr", "0.01"),
                       ("mosaic", "1.0"), ("topk", "10"), ("assigner", "ultralytics"), ("ema", "True"),
-                      ("conv_impl", "cpu_depthwise"), ("nbs", "16"), ("max_boxes", "auto"),
+                      ("conv_impl", "auto"), ("nbs", "16"), ("max_boxes", "auto"),
                       ("trim_boxes", "auto"), ("cache_images", "auto")):
         assert str(getattr(cfg, key)) == want
         assert f"(cpu-ultralytics config: {want})" in text, key

@@ -37,7 +37,7 @@ from them), ``metrics.jsonl`` (interval, epoch and eval rows), ``checkpoints/`` 
 Throughput: the loop logs its end-to-end images per second (``images_per_s`` per interval;
 ``end_to_end_images_per_s`` for the run so far on each epoch row, evaluation and checkpoints
 excluded) and, after compiling, times ``--step-timing-steps`` steps of the same compiled step on
-one batch already in memory (``step_only_images_per_s``, on the first interval row with
+one batch already in memory, each alone (``step_only_images_per_s`` from their median, on the first interval row with
 ``compile_s`` and ``time_to_first_step_s``); their ratio (``input_efficiency``) is what the input
 path costs the step, which ``data_wait_fraction`` (the time blocked on the pipeline) cannot show
 when the pipeline's threads share the step's cores. The run's figures are in ``train()``'s
@@ -589,7 +589,8 @@ def setup(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     model.train()
     graphdef, params, rest = split_model(model)
     log(f"model: {cfg.model}, {count_parameters(model):,} parameters, {cfg.num_classes} classes, "
-        f"{cfg.img_size}px, {cfg.dtype}, conv {cfg.conv_impl}; {total_steps} steps ({steps_per_epoch} per epoch); "
+        f"{cfg.img_size}px, {cfg.dtype}, conv {model.conv_impl}"
+        + (" (auto)" if cfg.conv_impl == "auto" else "") + f"; {total_steps} steps ({steps_per_epoch} per epoch); "
         f"batch {cfg.batch_size} over {mesh.devices.size} {mesh.devices.flat[0].platform} device(s)"
         + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
     streamed = isinstance(train_data.examples, StreamSource)
@@ -634,11 +635,13 @@ def _compile(run: Run, device_batch) -> Callable:
         scratch = jax.tree.map(jnp.copy, run.state)   # the step donates its state: time on a copy
         scratch, metrics = compiled(scratch, device_batch)  # (one untimed call: first-run costs)
         jax.block_until_ready(metrics)
-        t = time.perf_counter()
-        for _ in range(n):
+        seconds = []
+        for _ in range(n):  # each step timed alone; the median, so that one step slowed by another
+            t = time.perf_counter()  # process (or the pipeline filling its buffer) does not set the figure
             scratch, metrics = compiled(scratch, device_batch)
-        jax.block_until_ready(metrics)
-        run.timing["step_only_images_per_s"] = n * run.cfg.batch_size / (time.perf_counter() - t)
+            jax.block_until_ready(metrics)
+            seconds.append(time.perf_counter() - t)
+        run.timing["step_only_images_per_s"] = run.cfg.batch_size / float(np.median(seconds))
         del scratch
     return compiled
 

@@ -179,14 +179,16 @@ class TrainConfig:
                         "(mixed precision: parameters, BatchNorm statistics, loss and assigner stay float32; "
                         "recommended on GPU)", choices=tuple(DTYPES))
     conv_impl: str = option("lax", "convolution kernels (yolo11_jax/kernels.py): lax (XLA's; every JAX "
-                            "transformation works), or the faster CPU kernels: " + ", ".join(
-                                k for k in CONV_IMPLS if k != "lax"), choices=tuple(CONV_IMPLS))
+                            "transformation works), the faster CPU kernels " + ", ".join(
+                                k for k in CONV_IMPLS if k != "lax") + ", or auto (on a CPU cpu_depthwise for "
+                            "YOLO11 networks and cpu_taps for the notebook's, elsewhere lax; the log names the "
+                            "choice)", choices=tuple(CONV_IMPLS) + ("auto",))
     compile_cache_dir: str = option("default", "directory of JAX's persistent compilation cache, so that a second "
                                     "run of a configuration compiles nothing; default: $YOLO11_JAX_COMPILE_CACHE, else "
                                     "$XDG_CACHE_HOME/yolo11_jax/xla, else ~/.cache/yolo11_jax/xla (config.json's "
                                     "resolved values name the folder used); '' switches it off", metavar="DIR")
-    step_timing_steps: int = option(3, "time this many train steps on one batch already in memory after "
-                                    "compiling (step-only throughput, against which the loop's end-to-end throughput "
+    step_timing_steps: int = option(5, "time this many train steps on one batch already in memory after "
+                                    "compiling, each alone (step-only throughput from their median, against which the loop's end-to-end throughput "
                                     "shows the input path's cost; 0: off)", check=at_least(0))
     # -- logging, evaluation, checkpoints
     log_every: int = option(20, "steps between host reads of the metrics (log lines, progress bar, NaN check)",
@@ -222,16 +224,17 @@ class TrainConfig:
             object.__setattr__(self, key, values[key])
 
 
-# Named configurations: overrides of TrainConfig's defaults. The CPU configurations take the CPU
-# convolution kernels (kernels.py; the library default is "lax"): the notebook's networks
-# cpu_taps, the YOLO11 ones cpu_depthwise (0.98-1.01x Ultralytics' step at 128 px against 0.90x
-# for cpu_taps; benchmarks/RESULTS.md). max_boxes is "auto" (from the data) unless the data is
+# Named configurations: overrides of TrainConfig's defaults. The CPU configurations take
+# conv_impl "auto" (kernels.resolve_conv_impl; the library default is "lax"): on a CPU the
+# notebook's networks get cpu_taps, the YOLO11 ones cpu_depthwise (0.98-1.01x Ultralytics' step
+# at 128 px against 0.90x for cpu_taps, and a much shorter first compile; benchmarks/RESULTS.md),
+# so `--model yolo11n` under the default config gets YOLO11's kernels; on a GPU, lax. max_boxes is "auto" (from the data) unless the data is
 # streamed, where no index gives it.
 CONFIGS: dict[str, dict[str, Any]] = {
     # python -m yolo11_jax.train
     # The embedded shapes dataset (4 classes, 128 px), the small network, the notebook's recipe;
     # 750 steps, about 4 minutes on 2 CPU cores: val mAP@[.5:.95] 0.83, AP50 0.93 (README, Learning).
-    "cpu": dict(conv_impl="cpu_taps"),
+    "cpu": dict(conv_impl="auto"),
     # python -m yolo11_jax.train --config cpu-ultralytics
     # The same data under Ultralytics' YOLO11 recipe (loss, optimizer auto, warmup, EMA,
     # mosaic/affine/HSV/flip) with yolo11n at 128 px, 14 epochs (1750 steps): val mAP@[.5:.95]
@@ -240,7 +243,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # nominal batch, 64 by default): no gradient accumulation, so a run this short makes 1750
     # optimizer steps instead of 526. max_boxes auto: a mosaic holds the boxes of four images.
     "cpu-ultralytics": dict(recipe="ultralytics", model="yolo11n", epochs=14, nbs=16, eval_every_epochs=2,
-                            conv_impl="cpu_depthwise"),
+                            conv_impl="auto"),
     # python -m yolo11_jax.train --config notebook-coco
     # The notebook's own run: its network (110.2M parameters), 640 px, batch 4, 5 epochs on 32
     # images streamed from detection-datasets/coco (needs the Hugging Face Hub); no evaluation.
@@ -251,7 +254,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # python -m yolo11_jax.train --config smoke
     # Seconds: the tiny network on 64 shapes images at 64 px, 2 epochs of 8 steps, evaluated at the end.
     "smoke": dict(model="tiny", shapes_train_images=64, shapes_val_images=16, shapes_img_size=64, img_size=64,
-                  batch_size=8, epochs=2, log_every=4, eval_batch_size=16, conv_impl="cpu_taps"),
+                  batch_size=8, epochs=2, log_every=4, eval_batch_size=16, conv_impl="auto"),
 }
 
 DESCRIPTIONS = {
