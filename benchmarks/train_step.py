@@ -69,9 +69,11 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, default=5, help="ultralytics recipe: interleaved timing rounds")
     ap.add_argument("--steps-per-round", type=int, default=2, help="ultralytics recipe: steps per side per round")
     ap.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (default: %(default)s)")
-    ap.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE", "default"),
-                    help="OMP_WAIT_POLICY for torch's OpenMP threads (default: %(default)s). On a machine whose cores "
-                         "other jobs share, the default spin-waiting made the torch step 20x slower (RESULTS.md)")
+    ap.add_argument("--omp-wait-policy", default="default", choices=("PASSIVE", "ACTIVE", "default"),
+                    help="OMP_WAIT_POLICY for torch's OpenMP threads (default: %(default)s, torch as users run it: "
+                         "the figure to compare with). On a quiet machine PASSIVE made the torch step 2.3x slower; "
+                         "on a machine whose cores other jobs share, the default spin-waiting made it 20x slower "
+                         "(RESULTS.md): use PASSIVE there, and say so")
     ap.add_argument("--compile-cache", default="", metavar="DIR",
                     help="JAX's persistent compilation cache folder (yolo11_jax.compile_cache; default: off)")
     ap.add_argument("--dtype", default="float32", help="JAX compute dtype(s): float32, bfloat16 (comma-separated)")
