@@ -226,8 +226,8 @@ class TrainConfig:
 
 # Named configurations: overrides of TrainConfig's defaults. The CPU configurations take
 # conv_impl "auto" (kernels.resolve_conv_impl; the library default is "lax"): on a CPU the
-# notebook's networks get cpu_taps, the YOLO11 ones cpu_depthwise (0.98-1.01x Ultralytics' step
-# at 128 px against 0.90x for cpu_taps, and a much shorter first compile; benchmarks/RESULTS.md),
+# notebook's networks get cpu_taps, the YOLO11 ones cpu_depthwise (about 10% faster than
+# cpu_taps for yolo11n at 128 px, and a much shorter first compile; benchmarks/RESULTS.md),
 # so `--model yolo11n` under the default config gets YOLO11's kernels; on a GPU, lax. max_boxes is "auto" (from the data) unless the data is
 # streamed, where no index gives it.
 CONFIGS: dict[str, dict[str, Any]] = {
