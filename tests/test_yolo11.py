@@ -238,12 +238,7 @@ def test_variant_forward_matches_reference_built_with_the_same_variant(variant):
     assert model.variant == variant and model.model[9].cv1.act is variant.sppf_act
     convert.load_state_dict(model, ref.state_dict())
     images = np.random.default_rng(3).random((2, *IMAGE_HW, 3), dtype=np.float32)
-    for train in (False, True):
-        ref.train(train)
-        model.train() if train else model.eval()
-        with torch.no_grad():
-            out_ref = ref(nchw(images))
-        errors = output_errors(out_ref, jit_forward(model, jnp.asarray(images)))
+    for train, errors in _errors_in_eval_then_train_mode(model, ref, images).items():
         assert max(errors.values()) <= TOL, (train, errors)
     if variant.sppf_n == 3:  # same tensors, the default network: far off
         default = RefYOLO11("n", NUM_CLASSES).eval()
@@ -252,6 +247,19 @@ def test_variant_forward_matches_reference_built_with_the_same_variant(variant):
         with torch.no_grad():
             out_default = default(nchw(images))
         assert max(output_errors(out_default, jit_forward(model, jnp.asarray(images))).values()) > 1e-2
+
+
+def _errors_in_eval_then_train_mode(model, ref, images: np.ndarray) -> dict:
+    """``{train: output_errors}`` of the NNX network against the reference on ``images`` (B, H, W, 3),
+    in eval mode, then in train mode (which leaves both sides' BatchNorm statistics updated)."""
+    out = {}
+    for train in (False, True):
+        ref.train(train)
+        model.train() if train else model.eval()
+        with torch.no_grad():
+            out_ref = ref(nchw(images))
+        out[train] = output_errors(out_ref, jit_forward(model, jnp.asarray(images)))
+    return out
 
 
 @pytest.mark.parametrize("cls_hidden", [
@@ -273,12 +281,7 @@ def test_cls_hidden_variant_forward_matches_reference_built_with_the_same_width(
     assert model.variant == variant and model.model[23].cls_hidden == cls_hidden
     convert.load_state_dict(model, ref.state_dict())
     images = np.random.default_rng(3).random((2, *IMAGE_HW, 3), dtype=np.float32)
-    for train in (False, True):
-        ref.train(train)
-        model.train() if train else model.eval()
-        with torch.no_grad():
-            out_ref = ref(nchw(images))
-        errors = output_errors(out_ref, jit_forward(model, jnp.asarray(images)))
+    for train, errors in _errors_in_eval_then_train_mode(model, ref, images).items():
         assert len(errors) == 9 and max(errors.values()) <= TOL, (train, errors)
     assert stat_errors(model, ref) <= TOL
     # the parity test can fail: the default width (64 at 7 classes) does not fit these tensors
