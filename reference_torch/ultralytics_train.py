@@ -14,7 +14,8 @@ Own code, written from the rules of ``ultralytics==8.3.253`` (``engine/trainer.p
   nesterov=True)``, the weight group with ``weight_decay * batch * accumulate / nbs``;
 * ``LambdaLR`` with the linear factor ``max(1 - e / epochs, 0) * (1 - lrf) + lrf`` stepped at
   the start of every epoch;
-* warmup over ``nw = max(round(warmup_epochs * nb), 100)`` iterations: at each iteration
+* warmup over ``nw = max(round(warmup_epochs * nb), 100)`` iterations (``warmup_rule="8.4"``:
+  8.4.190's ``round(min(warmup_epochs, epochs - 1) * nb)``, none when that is 0): at each iteration
   ``ni <= nw`` the accumulate ramp ``max(1, round(interp(ni, [0, nw], [1, nbs / batch])))``, each
   group's lr ``interp(ni, [0, nw], [warmup_bias_lr if bias group else 0, initial_lr * lf(epoch)])``
   and, for groups with a ``momentum`` (SGD), ``interp(ni, [0, nw], [warmup_momentum, momentum])``;
@@ -107,7 +108,7 @@ def train(model: nn.Module, loss_fn: Callable, loader: Sequence, *, optimizer: s
           batch_size: int, epochs: int, iterations: int | None = None, lr0: float = 0.01, lrf: float = 0.01,
           momentum: float = 0.937, weight_decay: float = 5e-4, warmup_epochs: float = 3.0,
           warmup_momentum: float = 0.8, warmup_bias_lr: float = 0.1, nbs: int = NBS, clip_norm: float = 10.0,
-          max_iterations: int | None = None, on_iteration: Callable | None = None) -> dict:
+          max_iterations: int | None = None, on_iteration: Callable | None = None, warmup_rule: str = "8.3") -> dict:
     """Ultralytics' training loop over ``loader`` (the same batches every epoch).
 
     Args:
@@ -141,7 +142,13 @@ def train(model: nn.Module, loss_fn: Callable, loader: Sequence, *, optimizer: s
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=lf)
     scheduler.last_epoch = -1  # start_epoch 0
     ema = ModelEMA(model)
-    nw = max(round(warmup_epochs * nb), 100) if warmup_epochs > 0 else -1
+    if warmup_rule == "8.4":  # 8.4.190: the last epoch is past the warmup; no 100-iteration floor
+        nw = round(min(warmup_epochs, max(epochs - 1, 0)) * nb) if warmup_epochs > 0 else 0
+        nw = nw if nw > 0 else -1
+    elif warmup_rule == "8.3":
+        nw = max(round(warmup_epochs * nb), 100) if warmup_epochs > 0 else -1
+    else:
+        raise ValueError(f"warmup_rule {warmup_rule!r}: '8.3' or '8.4'")
     last_opt_step = -1
     records = []
     opt.zero_grad()

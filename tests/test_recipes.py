@@ -107,6 +107,7 @@ def test_help_shows_the_chosen_configs_values(capsys):
 @pytest.mark.parametrize("overrides,message", [
     (dict(recipe="ultralytics", assigner="chunked"), "--assigner chunked is not used by --loss ultralytics"),
     (dict(nbs=16), "--nbs 16 is not used by --optimizer notebook"),
+    (dict(warmup_rule="8.4"), "--warmup-rule 8.4 is not used by --optimizer notebook"),
     (dict(recipe="ultralytics", schedule="constant"), "--schedule constant is not used by --optimizer auto"),
     (dict(recipe="ultralytics", lr=1e-3), "--lr 0.001 is not used by --optimizer auto"),
     (dict(loss="ultralytics", torch_compat=True), "--torch-compat reproduces the notebook's loop"),
@@ -169,3 +170,16 @@ def test_an_assigner_registered_outside_is_accepted_and_used():
             notebook.register_assigner("toy-assigner", make)
     finally:
         del notebook.ASSIGNERS["toy-assigner"]
+
+
+def test_warmup_rule_reaches_ultralytics_optimizer():
+    """--warmup-rule picks the warmup length of the Ultralytics recipe's schedule (3 images at batch
+    3, 60 epochs: 100 iterations under 8.3.253's rule, 3 under 8.4.190's)."""
+    from yolo11_jax.recipes import ultralytics as U
+
+    params = {"conv": {"kernel": jnp.zeros((3, 3, 2, 4)), "bias": jnp.zeros(4)}}
+    length = recipes.RunLength(steps_per_epoch=1, total_steps=60, num_images=3)
+    for rule, nw in (("8.3", 100), ("8.4", 3)):
+        cfg = named_config("smoke", recipe="ultralytics", warmup_rule=rule, batch_size=3, num_classes=21)
+        info = U.build_optimizer(cfg, params, length).info
+        assert (info["warmup_rule"], info["warmup_iterations"]) == (rule, nw)

@@ -233,15 +233,17 @@ _TOY_JAX = {"conv.weight": ("conv", "kernel"), "conv.bias": ("conv", "bias"), "b
             "bn.bias": ("bn", "bias"), "fc.weight": ("fc", "kernel"), "fc.bias": ("fc", "bias")}
 
 
-@pytest.mark.parametrize("optimizer,iterations", [("AdamW", None), ("SGD", None), ("auto", 20_000)])
-def test_optimizer_trajectory_matches_torch_optimizers(optimizer, iterations):
+@pytest.mark.parametrize("optimizer,iterations,warmup_rule", [("AdamW", None, "8.3"), ("SGD", None, "8.3"),
+                                                               ("auto", 20_000, "8.3"), ("SGD", None, "8.4")])
+def test_optimizer_trajectory_matches_torch_optimizers(optimizer, iterations, warmup_rule):
     """The recipe's optimizer against the reference loop (torch.optim.AdamW / SGD, LambdaLR, warmup,
     accumulate ramp, clip_grad_norm_, ModelEMA) over 260 iterations (batch 8, 20 batches per epoch:
     the 100-iteration warmup, 13 epochs, windows ramping 1 -> 8, 51 optimizer steps), on identical
     gradients (random, large enough that clipping acts on some windows): per-iteration lrs,
     momentum and step flags, and the parameters and EMA at the end, relative L2 <= 1e-4 per tensor
     (float32 optimizer arithmetic in a different order on each side; measured <= 6e-6). ``auto``
-    above 10,000 iterations is SGD built with momentum 0.9, warmed up to 0.937, bias lr from 0."""
+    above 10,000 iterations is SGD built with momentum 0.9, warmed up to 0.937, bias lr from 0.
+    ``warmup_rule="8.4"``: 8.4.190's warmup length, min(3, 13 - 1) * 20 = 60 iterations."""
     nb, batch, epochs, n = 20, 8, 13, 260
     rng = np.random.default_rng(0)
     values = {k: (0.5 * rng.normal(size=shape)).astype(np.float32) for k, shape in _ToyTorch.SHAPES.items()}
@@ -251,14 +253,18 @@ def test_optimizer_trajectory_matches_torch_optimizers(optimizer, iterations):
     loader = [(torch.from_numpy(x), None, None) for x in xs]
     ref = _ToyTorch(values)
     out = RT.train(ref, lambda pred, *_: (pred, {"total_loss": pred.detach()}), loader, optimizer=optimizer,
-                   num_classes=3, batch_size=batch, epochs=epochs, iterations=iterations, max_iterations=n)
+                   num_classes=3, batch_size=batch, epochs=epochs, iterations=iterations, max_iterations=n,
+                   warmup_rule=warmup_rule)
 
     params = {}
     for name, (module, leaf) in _TOY_JAX.items():
         params.setdefault(module, {})[leaf] = jnp.asarray(values[name])
     tx, schedule, info = optim.ultralytics_recipe(params, optimizer=optimizer, num_classes=3, batch_size=batch,
-                                                  steps_per_epoch=nb, epochs=epochs, iterations=iterations)
+                                                  steps_per_epoch=nb, epochs=epochs, iterations=iterations,
+                                                  warmup_rule=warmup_rule)
     assert info["optimizer"] == out["info"]["name"]
+    nw = {"8.3": 100, "8.4": 60}[warmup_rule]
+    assert info["warmup_iterations"] == out["info"]["nw"] == nw
     offsets = np.cumsum([0] + [v.size for v in values.values()])
 
     def grads_of(x):
@@ -287,10 +293,10 @@ def test_optimizer_trajectory_matches_torch_optimizers(optimizer, iterations):
         if info["optimizer"] == "SGD":
             assert float(hyper["momentum"]) == pytest.approx(r["momentum"]["weight"], rel=HYPER_RTOL), ni
     steps = sum(r["stepped"] for r in out["records"])
-    assert steps == int(ema.updates) == out["ema"].updates == len(optimizer_step_iterations(n, 100, batch))
+    assert steps == int(ema.updates) == out["ema"].updates == len(optimizer_step_iterations(n, nw, batch))
     assert len({r["accumulate"] for r in out["records"]}) == 8  # the ramp 1 ... 8
     window_norms, last = [], -1
-    for s in optimizer_step_iterations(n, 100, batch):
+    for s in optimizer_step_iterations(n, nw, batch):
         window_norms.append(batch * np.linalg.norm(sum(xs[i % nb] for i in range(last + 1, s + 1))))
         last = s
     assert min(window_norms) < optim.CLIP_NORM < max(window_norms)  # clipping acts on some windows only
@@ -582,3 +588,19 @@ def test_detection_loss_dispatches_to_the_ultralytics_loss():
     assert notebook != ours and notebook != jaxpr(detection_loss, topk=10)
     with pytest.raises(ValueError, match="unknown recipe"):
         detection_loss(*args, img_size=IMG, recipe="yolo")
+
+
+def test_warmup_length_rules():
+    """8.3.253: max(round(warmup_epochs * nb), 100), -1 without warmup; 8.4.190:
+    round(min(warmup_epochs, epochs - 1) * nb), no floor, -1 when 0; unknown rules refused."""
+    w = optim.warmup_iterations
+    assert w(3.0, 125) == 375 == w(3.0, 125, 6, rule="8.4")  # the shapes fine-tune: the same either way
+    assert w(3.0, 1, 60) == 100 and w(3.0, 1, 60, rule="8.4") == 3  # 3 photos, batch 3, 60 epochs
+    assert w(3.0, 20, 2, rule="8.4") == 20  # min(3, 2 - 1) epochs
+    assert w(3.0, 20, 1, rule="8.4") == -1 and w(3.0, 20, 1) == 100  # one epoch: no warmup under 8.4
+    assert w(0.0, 20, 10, rule="8.4") == -1 == w(0.0, 20)
+    assert w(0.01, 20, 10, rule="8.4") == -1  # rounds to 0: no warmup, as 8.4.190's `if nw and ...`
+    with pytest.raises(ValueError, match="8.5"):
+        w(3.0, 20, 10, rule="8.5")
+    with pytest.raises(ValueError, match="epochs"):
+        w(3.0, 20, rule="8.4")

@@ -6,7 +6,8 @@ linear decay per epoch, clipping at 10. (The notebook's optimizer is in ``optim_
 Version choice: the trainer rules are those of ``ultralytics==8.3.253``, the last release of the
 8.3 line that YOLO11 came out with (its loss, in ``loss_ultralytics``, is 8.4's, whose maths for
 YOLO11 equals 8.3's apart from the assigner's small-box rule). ``8.4.190`` differs in: the warmup
-length (``round(min(warmup_epochs, epochs - 1) * nb)``, no 100-iteration floor), optimizer=auto
+length (``round(min(warmup_epochs, epochs - 1) * nb)``, no 100-iteration floor; available as
+``warmup_rule="8.4"``, ``--warmup-rule 8.4``), optimizer=auto
 above 10,000 iterations (MuSGD instead of SGD), the cap of ``accumulate`` at
 ``batches_per_epoch * epochs``, and the bias group found by tag rather than by index (the same
 group in 8.3). Every rule below is stated in its docstring and checked against the PyTorch
@@ -32,7 +33,7 @@ __all__ = ['ULTRALYTICS_VERSION', 'NBS', 'GROUPS', 'ULTRALYTICS_OPTIMIZERS', 'AU
            'DEFAULT_WARMUP_MOMENTUM', 'DEFAULT_WARMUP_BIAS_LR', 'MIN_WARMUP_ITERATIONS', 'CLIP_NORM',
            'ADAM_B2', 'ADAM_EPS', 'ultralytics_param_group', 'ultralytics_param_labels',
            'ultralytics_iterations', 'auto_optimizer', 'accumulate_steps', 'scaled_weight_decay',
-           'warmup_iterations', 'warmup_accumulate', 'accumulation_windows', 'linear_lf',
+           'WARMUP_RULES', 'warmup_iterations', 'warmup_accumulate', 'accumulation_windows', 'linear_lf',
            'UltralyticsSchedule', 'set_hyperparams', 'ultralytics_recipe']
 
 ULTRALYTICS_VERSION = "8.3.253"
@@ -125,10 +126,29 @@ def scaled_weight_decay(weight_decay: float, batch_size: int, nbs: int = NBS) ->
     return weight_decay * batch_size * accumulate_steps(batch_size, nbs) / nbs
 
 
-def warmup_iterations(warmup_epochs: float, steps_per_epoch: int) -> int:
-    """``max(round(warmup_epochs * steps_per_epoch), 100)``, or -1 (no warmup) when
-    ``warmup_epochs <= 0``: the 8.3 rule, warmup while ``iteration <= nw``. (8.4.190 uses
-    ``round(min(warmup_epochs, epochs - 1) * steps_per_epoch)`` without the 100 floor.)"""
+WARMUP_RULES = ("8.3", "8.4")
+"""The warmup-length rules: ``"8.3"`` (8.3.253, the default) and ``"8.4"`` (8.4.190)."""
+
+
+def warmup_iterations(warmup_epochs: float, steps_per_epoch: int, epochs: int | None = None,
+                      rule: str = "8.3") -> int:
+    """The last warmup iteration ``nw`` (warmup while ``iteration <= nw``), or -1 (no warmup).
+
+    * ``rule="8.3"`` (8.3.253): ``max(round(warmup_epochs * steps_per_epoch), 100)``; -1 when
+      ``warmup_epochs <= 0``.
+    * ``rule="8.4"`` (8.4.190's ``_get_warmup_iterations``): ``round(min(warmup_epochs,
+      epochs - 1) * steps_per_epoch)``, no 100-iteration floor, so that the last epoch is always
+      past the warmup; -1 when that is 0 (8.4.190 skips the warmup when ``nw == 0``). Needs
+      ``epochs``. On a short run over a few images the two differ most: 60 epochs of one batch
+      warm up for 100 iterations (longer than the run) under 8.3, for 3 under 8.4.
+    """
+    if rule not in WARMUP_RULES:
+        raise ValueError(f"warmup rule {rule!r}: choose one of {WARMUP_RULES}")
+    if rule == "8.4":
+        if epochs is None:
+            raise ValueError("the 8.4 warmup rule needs the run's epochs")
+        nw = round(min(warmup_epochs, max(epochs - 1, 0)) * steps_per_epoch) if warmup_epochs > 0 else 0
+        return nw if nw > 0 else -1
     if warmup_epochs <= 0:
         return -1
     return max(round(warmup_epochs * steps_per_epoch), MIN_WARMUP_ITERATIONS)
@@ -306,6 +326,7 @@ def ultralytics_recipe(
     warmup_bias_lr: float = DEFAULT_WARMUP_BIAS_LR,
     nbs: int = NBS,
     clip_norm: float = CLIP_NORM,
+    warmup_rule: str = "8.3",
 ) -> tuple[optax.GradientTransformation, UltralyticsSchedule, dict[str, Any]]:
     """Ultralytics' optimizer, accumulation, clipping and schedule: ``(tx, schedule, info)``.
 
@@ -348,6 +369,7 @@ def ultralytics_recipe(
       lr0, lrf, momentum, weight_decay (before scaling), warmup_epochs, warmup_momentum,
         warmup_bias_lr, nbs, clip_norm: Ultralytics' defaults are 0.01, 0.01, 0.937, 5e-4, 3, 0.8,
         0.1, 64 and 10 (momentum: SGD momentum / AdamW beta1).
+      warmup_rule: the warmup length, ``"8.3"`` (default) or ``"8.4"`` (:func:`warmup_iterations`).
 
     Returns:
       ``tx``; ``schedule``, an :class:`UltralyticsSchedule` (``step -> {'lr_weight', 'lr_bn',
@@ -360,7 +382,7 @@ def ultralytics_recipe(
     if requested == "auto":
         warmup_bias_lr = 0.0  # as Ultralytics sets it under auto
     decay = scaled_weight_decay(weight_decay, batch_size, nbs)
-    nw = warmup_iterations(warmup_epochs, steps_per_epoch)
+    nw = warmup_iterations(warmup_epochs, steps_per_epoch, epochs, rule=warmup_rule)
     windows, steady = accumulation_windows(nw, batch_size, nbs)
     schedule = UltralyticsSchedule(lr0=lr, epochs=epochs, steps_per_epoch=steps_per_epoch, warmup_iterations=nw,
                                    lrf=lrf, warmup_bias_lr=warmup_bias_lr, sgd=name == "SGD",
@@ -380,7 +402,7 @@ def ultralytics_recipe(
         "betas": [built_momentum, ADAM_B2] if name == "AdamW" else None, "eps": ADAM_EPS if name == "AdamW" else None,
         "nesterov": name == "SGD", "nbs": nbs, "batch_size": batch_size, "accumulate": accumulate_steps(batch_size, nbs),
         "weight_decay": decay, "weight_decay_base": weight_decay, "warmup_epochs": warmup_epochs,
-        "warmup_iterations": nw, "warmup_momentum": warmup_momentum if name == "SGD" else None,
+        "warmup_iterations": nw, "warmup_rule": warmup_rule, "warmup_momentum": warmup_momentum if name == "SGD" else None,
         "warmup_bias_lr": warmup_bias_lr,
         "warmup_optimizer_steps": len(windows),  # the windows themselves: accumulation_windows(nw, batch_size, nbs)
         "clip_norm": clip_norm, "loss_scale": "batch_size", "iterations": iterations, "epochs": epochs,

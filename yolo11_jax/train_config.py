@@ -148,8 +148,12 @@ class TrainConfig:
                              "beta1 (auto builds with 0.9 and warms SGD's momentum up to this)", check=between(0, 1))
     lrf: float = option(0.01, "Ultralytics: the final learning rate as a fraction of the first (linear decay)",
                         check=between(0, 1))
-    warmup_epochs: float = option(3.0, "Ultralytics: warmup length in epochs (at least 100 iterations)",
-                                  check=at_least(0))
+    warmup_epochs: float = option(3.0, "Ultralytics: warmup length in epochs (at least 100 iterations under "
+                                  "--warmup-rule 8.3)", check=at_least(0))
+    warmup_rule: str = option("8.3", "Ultralytics: the warmup length rule: 8.3 (8.3.253: max(round(warmup_epochs x "
+                              "batches per epoch), 100) iterations) or 8.4 (8.4.190: round(min(warmup_epochs, "
+                              "epochs - 1) x batches per epoch), no floor; shorter on small datasets)",
+                              choices=("8.3", "8.4"))
     warmup_momentum: float = option(0.8, "Ultralytics: SGD momentum at the start of the warmup", check=between(0, 1))
     warmup_bias_lr: float = option(0.1, "Ultralytics: the biases' learning rate at the start of the warmup "
                                    "(auto: 0, as Ultralytics sets it)", check=at_least(0))

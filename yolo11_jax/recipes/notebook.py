@@ -77,7 +77,7 @@ def _optimizer_check(cfg) -> list[str]:
 LOSS = recipes.Loss(name="notebook", build=build_loss, assigners=ASSIGNERS.keys(),  # live: register_assigner
                     defaults=dict(topk=NOTEBOOK_TOPK, assigner="spec", class_bias_prior=False))
 OPTIMIZER = recipes.Optimizer(names=("notebook",), build=build_optimizer, defaults=_optimizer_defaults,
-                              ignores=("lrf", "warmup_epochs", "warmup_momentum", "warmup_bias_lr", "nbs"),
+                              ignores=("lrf", "warmup_epochs", "warmup_rule", "warmup_momentum", "warmup_bias_lr", "nbs"),
                               check=_optimizer_check)
 RECIPE = recipes.register(recipes.Recipe(
     name="notebook", loss=LOSS, optimizer=OPTIMIZER, default_optimizer="notebook", ema=False,

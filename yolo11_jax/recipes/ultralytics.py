@@ -40,7 +40,7 @@ def build_optimizer(cfg, params, length: recipes.RunLength) -> recipes.Optimizer
         iterations=ultralytics_iterations(int(length.num_images), cfg.batch_size, epochs, nbs=cfg.nbs),
         lr0=cfg.lr, lrf=cfg.lrf, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         warmup_epochs=cfg.warmup_epochs, warmup_momentum=cfg.warmup_momentum, warmup_bias_lr=cfg.warmup_bias_lr,
-        nbs=cfg.nbs, clip_norm=cfg.clip_norm)
+        nbs=cfg.nbs, clip_norm=cfg.clip_norm, warmup_rule=cfg.warmup_rule)
     return recipes.OptimizerSetup(tx=tx, info=info, hyperparams_fn=schedule, loss_scale="batch")
 
 
