@@ -231,10 +231,11 @@ def match_class_names(model_names: Optional[Sequence[str]], data_names: Optional
             + f"  model ({len(mt)}): {list(mt)}\n"
             "Pass --class-map position to score data label i as model class i anyway, or "
             "--class-map 'data name=model name,...' to pair them by hand.")
-    scored = [j for i, j in enumerate(mapping) if i not in set(unscored)]
+    skip = set(unscored)
+    scored = [j for i, j in enumerate(mapping) if i not in skip]
     if len(set(scored)) != len(scored):
         raise ClassNameMismatch("two data classes map onto one model class: "
-                                f"{ {d: j for i, (d, j) in enumerate(zip(dt, mapping)) if i not in set(unscored)} }")
+                                f"{ {d: j for i, (d, j) in enumerate(zip(dt, mapping)) if i not in skip} }")
     kind = EXPLICIT if class_map else BY_NAME
     return ClassMatch(kind, tuple(int(j) for j in mapping), dt, mt, tuple(unscored))
 

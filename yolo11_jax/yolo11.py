@@ -151,11 +151,6 @@ class Variant:
         if not (self.cls_hidden is None or (type(self.cls_hidden) is int and self.cls_hidden >= 1)):
             raise ValueError(f"cls_hidden must be a positive int or None; got {self.cls_hidden!r}")
 
-    def class_hidden_width(self, ch0: int, num_classes: int) -> int:
-        """The Detect class branch's hidden width: ``cls_hidden``, else Ultralytics' rule
-        ``max(ch0, min(num_classes, 100))`` (``ch0``: the stride-8 feature width)."""
-        return self.cls_hidden if self.cls_hidden is not None else ultralytics_class_hidden(ch0, num_classes)
-
     @property
     def name(self) -> str:
         """'yolo11' for the default, else the differences, e.g. 'yolo11[sppf_act=False]'."""
@@ -217,7 +212,9 @@ def detect_channels(scale: str) -> tuple[int, int, int]:
 def class_hidden_width(scale: str, num_classes: int, variant: "Variant | None" = None) -> int:
     """The class-branch hidden width of a YOLO11 at ``scale`` with ``num_classes`` classes:
     ``variant.cls_hidden``, else Ultralytics' rule (yolo11n: 64 up to 64 classes, 80 at 80)."""
-    return (variant or DEFAULT_VARIANT).class_hidden_width(detect_channels(scale)[0], num_classes)
+    if variant is not None and variant.cls_hidden is not None:
+        return variant.cls_hidden
+    return ultralytics_class_hidden(detect_channels(scale)[0], num_classes)
 
 
 def class_bias_init(num_classes: int, stride: int) -> float:
