@@ -8,10 +8,12 @@ Two recipes (``--recipe``; by default the model's own: ``ultralytics`` for ``yol
   (``optim_ultralytics.ultralytics_recipe``, accumulation 1: ``nbs`` = batch) and the EMA; the
   PyTorch side is ``reference_torch.YOLO11`` with ``UltralyticsDetectionLoss`` and the
   optimizer, clipping and ``ModelEMA`` of ``reference_torch.ultralytics_train``, written with
-  Ultralytics' rules, on ``--torch-threads`` threads. The two sides are timed **interleaved**:
-  ``--rounds`` rounds of ``--steps-per-round`` JAX steps then as many torch steps, so that a
-  busy machine slows both alike; it prints each side's median round and the ratio torch / JAX
-  (> 1: JAX faster). ``--conv-impl lax,cpu_taps`` compares the convolution kernels
+  Ultralytics' rules, on ``--torch-threads`` threads, by default in a process of its own
+  (``--torch-process separate``: spawned, with glibc and OpenMP at their defaults, as a user's
+  Ultralytics process runs; the JAX side runs under ``--host-malloc``, as ``yolo11_jax.train``
+  does). The two sides are timed **interleaved**: ``--rounds`` rounds of ``--steps-per-round``
+  JAX steps then as many torch steps, so that a busy machine slows both alike; it prints each
+  side's median round and the ratio torch / JAX (> 1: JAX faster). ``--conv-impl lax,cpu_taps`` compares the convolution kernels
   (``yolo11_jax.kernels``) in one run.
 
       python benchmarks/train_step.py --model yolo11n --img-size 128 --batch-size 16
@@ -74,6 +76,15 @@ def parse_args(argv=None):
                          "the figure to compare with). On a quiet machine PASSIVE made the torch step 2.3x slower; "
                          "on a machine whose cores other jobs share, the default spin-waiting made it 20x slower "
                          "(RESULTS.md): use PASSIVE there, and say so")
+    ap.add_argument("--host-malloc", default="auto", choices=("auto", "reuse", "default"),
+                    help="host memory policy of the process (yolo11_jax.host_memory; default: %(default)s, as "
+                         "yolo11_jax.train: on a CPU backend glibc keeps freed memory in one arena, so XLA:CPU's "
+                         "per-step scratch block is not page-faulted in afresh every step). It is process-wide: "
+                         "the torch side, in the same process, runs under it too; 'default' leaves glibc alone")
+    ap.add_argument("--torch-process", default="separate", choices=("separate", "same"),
+                    help="ultralytics recipe: run the torch side in a process of its own (default), as a user's "
+                         "Ultralytics run is, or in this one. In one process the two sides disturb each other: "
+                         "torch's spinning OpenMP threads and --host-malloc are shared (RESULTS.md)")
     ap.add_argument("--compile-cache", default="", metavar="DIR",
                     help="JAX's persistent compilation cache folder (yolo11_jax.compile_cache; default: off)")
     ap.add_argument("--dtype", default="float32", help="JAX compute dtype(s): float32, bfloat16 (comma-separated)")
@@ -142,6 +153,9 @@ from yolo11_jax.train_config import DTYPES  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import trace_summary  # noqa: E402
+from yolo11_jax import host_memory  # noqa: E402
+
+HOST_MALLOC = host_memory.configure(ARGS.host_malloc) if ARGS is not None else None  # before any backend starts
 
 def make_batch(batch, img_size, num_classes, max_boxes, seed=0):
     rng = np.random.default_rng(seed)
@@ -189,7 +203,8 @@ def main(args):
     dev = jax.devices()[0]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__} ({dev.platform}: "
           f"{dev.device_kind}, {jax.device_count()} devices); torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''})")
+          f"({torch.get_num_threads()} threads{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}); "
+          f"host memory {HOST_MALLOC}")
     print(f"model {args.model} (base {p.base}, depth {p.depth}), {args.classes} classes, {args.img_size}px, "
           f"max_boxes {args.max_boxes}, assigner {args.assigner}; batches {args.batches}, dtypes {args.dtypes}, devices {args.device_counts}")
 
@@ -370,15 +385,69 @@ def run_torch_and_release(args, ref) -> dict:
     return out
 
 
+def _ultralytics_torch_step(args, sd, batch, batch_size, iterations):
+    """The Ultralytics-recipe step of reference_torch (Ultralytics' rules, accumulation 1: nbs =
+    batch) on the weights ``sd``: returns a function that runs one step."""
+    from reference_torch import ultralytics_train as UT
+    from reference_torch.ultralytics_loss import UltralyticsDetectionLoss
+    from reference_torch.yolo11 import YOLO11 as TorchYOLO11
+    from yolo11_jax.optim_ultralytics import auto_optimizer
+
+    name, lr, momentum = auto_optimizer(args.classes, iterations)
+    tref = TorchYOLO11(get_preset(args.model).scale, nc=args.classes)
+    tref.load_state_dict(sd)
+    tref.train()
+    loss_t = UltralyticsDetectionLoss(args.classes, img_size=args.img_size)
+    opt = UT.build_optimizer(tref, name, lr, momentum, 5e-4)  # 5e-4 * batch * accumulate / nbs, nbs = batch
+    ema_t = UT.ModelEMA(tref)
+    imgs = torch.from_numpy(batch["images"]).permute(0, 3, 1, 2).contiguous()
+    gtb = [torch.from_numpy(batch["boxes_cxcywh"][i][batch["mask"][i]]) for i in range(batch_size)]
+    gtl = [torch.from_numpy(batch["labels"][i][batch["mask"][i]]).long() for i in range(batch_size)]
+
+    def torch_step():
+        total, _ = loss_t(tref(imgs), gtb, gtl)
+        (total * batch_size).backward()
+        torch.nn.utils.clip_grad_norm_(tref.parameters(), max_norm=10.0)
+        opt.step()
+        opt.zero_grad()
+        ema_t.update(tref)
+
+    return torch_step
+
+
+def _torch_worker(conn, args, sd_arrays, batch, batch_size, iterations):
+    """``--torch-process separate``: the torch side in its own process (started with 'spawn', so
+    with glibc's and OpenMP's settings as a user's PyTorch process has them). Receives a step
+    count, runs that many steps, sends back the seconds; ``None`` ends it."""
+    torch.set_num_threads(args.torch_threads)
+    sd = {k: torch.from_numpy(v) for k, v in sd_arrays.items()}
+    step = _ultralytics_torch_step(args, sd, batch, batch_size, iterations)
+    step()  # warm-up
+    conn.send(("ready", torch.get_num_threads()))
+    while (n := conn.recv()) is not None:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        conn.send(time.perf_counter() - t0)
+
+
+def _round_timer(fn):
+    """A side of the interleaved timing: ``n -> seconds`` for n back-to-back steps of ``fn``."""
+    def run(n):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return time.perf_counter() - t0
+    return run
+
+
 def main_ultralytics(args):
     """The Ultralytics-recipe step, JAX vs reference_torch, timed interleaved (see the docstring)."""
     import functools
 
-    from reference_torch import ultralytics_train as UT
-    from reference_torch.ultralytics_loss import UltralyticsDetectionLoss
     from reference_torch.yolo11 import YOLO11 as TorchYOLO11
     from yolo11_jax.loss_ultralytics import ultralytics_detection_loss
-    from yolo11_jax.optim_ultralytics import auto_optimizer, ultralytics_recipe
+    from yolo11_jax.optim_ultralytics import ultralytics_recipe
     from yolo11_jax.step import init_train_state
 
     from yolo11_jax import compile_cache
@@ -390,7 +459,7 @@ def main_ultralytics(args):
     dev = jax.devices()[0]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__} ({dev.platform}); "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; torch {torch.__version__} ({torch.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}); host memory {HOST_MALLOC}")
     print(f"Ultralytics-recipe step: {args.model}, {args.classes} classes, {args.img_size} px, batches {args.batches}, "
           f"conv_impl {args.conv_impls}; {args.rounds} rounds x {args.steps_per_round} steps per side, interleaved")
     torch.manual_seed(0)
@@ -400,25 +469,24 @@ def main_ultralytics(args):
     for batch_size in args.batches:
         batch = make_batch(batch_size, args.img_size, args.classes, args.max_boxes)
         iterations = 1000  # Ultralytics' 'auto' picks AdamW at lr_fit below 10,000 iterations
-        name, lr, momentum = auto_optimizer(args.classes, iterations)
-        # ---- torch: Ultralytics' rules (reference_torch.ultralytics_train), accumulation 1 (nbs = batch)
-        tref = TorchYOLO11(p.scale, nc=args.classes)
-        tref.load_state_dict(sd)
-        tref.train()
-        loss_t = UltralyticsDetectionLoss(args.classes, img_size=args.img_size)
-        opt = UT.build_optimizer(tref, name, lr, momentum, 5e-4)  # 5e-4 * batch * accumulate / nbs, nbs = batch
-        ema_t = UT.ModelEMA(tref)
-        imgs = torch.from_numpy(batch["images"]).permute(0, 3, 1, 2).contiguous()
-        gtb = [torch.from_numpy(batch["boxes_cxcywh"][i][batch["mask"][i]]) for i in range(batch_size)]
-        gtl = [torch.from_numpy(batch["labels"][i][batch["mask"][i]]).long() for i in range(batch_size)]
+        # ---- torch: Ultralytics' rules (reference_torch.ultralytics_train), here or in a process of its own
+        if args.torch_process == "same":
+            torch_round = _round_timer(_ultralytics_torch_step(args, sd, batch, batch_size, iterations))
+            torch_round(1)  # warm-up
+        else:
+            import multiprocessing
+            parent_conn, child_conn = multiprocessing.get_context("spawn").Pipe()
+            worker = multiprocessing.get_context("spawn").Process(
+                target=_torch_worker, daemon=True,
+                args=(child_conn, args, {k: v.numpy() for k, v in sd.items()}, batch, batch_size, iterations))
+            worker.start()
+            _, threads = parent_conn.recv()
+            print(f"torch side: a separate process (spawned; {threads} threads, glibc and OpenMP at their defaults "
+                  f"unless set in the environment)", flush=True)
 
-        def torch_step():
-            total, _ = loss_t(tref(imgs), gtb, gtl)
-            (total * batch_size).backward()
-            torch.nn.utils.clip_grad_norm_(tref.parameters(), max_norm=10.0)
-            opt.step()
-            opt.zero_grad()
-            ema_t.update(tref)
+            def torch_round(n, conn=parent_conn):
+                conn.send(n)
+                return conn.recv()
 
         # ---- JAX: every conv_impl, the same weights
         jax_steps = {}
@@ -444,16 +512,15 @@ def main_ultralytics(args):
 
             jax_step()  # warm-up
             jax_steps[impl] = (jax_step, compile_s, compiled)
-        torch_step()  # warm-up
         rounds = {impl: [] for impl in args.conv_impls}
         rounds["torch"] = []
-        sides = [(impl, jax_steps[impl][0]) for impl in args.conv_impls] + [("torch", torch_step)]
+        sides = [(impl, _round_timer(jax_steps[impl][0])) for impl in args.conv_impls] + [("torch", torch_round)]
         for _ in range(args.rounds):
-            for side, fn in sides:
-                t0 = time.perf_counter()
-                for _ in range(args.steps_per_round):
-                    fn()
-                rounds[side].append((time.perf_counter() - t0) / args.steps_per_round)
+            for side, run_round in sides:
+                rounds[side].append(run_round(args.steps_per_round) / args.steps_per_round)
+        if args.torch_process == "separate":
+            parent_conn.send(None)
+            worker.join(timeout=60)
         torch_ms = 1e3 * float(np.median(rounds["torch"]))
         print(f"torch  batch {batch_size:3d}: {torch_ms:8.1f} ms/step (median of rounds; "
               f"{', '.join(f'{1e3 * t:.0f}' for t in rounds['torch'])})")

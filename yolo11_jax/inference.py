@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from yolo11_jax import compile_cache, kernels
+from yolo11_jax import compile_cache, host_memory, kernels
 from yolo11_jax.coco_eval import CocoEvaluator
 from yolo11_jax.yolo11 import Variant
 from yolo11_jax.options import add_arguments, at_least, between, defaults, multiple_of, option, validate
@@ -242,6 +242,9 @@ class InferenceOptions:
                                     "run compiles nothing; default: $YOLO11_JAX_COMPILE_CACHE, else "
                                     "$XDG_CACHE_HOME/yolo11_jax/xla, else ~/.cache/yolo11_jax/xla; '' switches it off",
                                     metavar="DIR")
+    host_malloc: str = option("auto", "host memory (yolo11_jax/host_memory.py): reuse (glibc keeps freed memory in one arena, so XLA:CPU's "
+                        "per-call scratch block is not page-faulted in afresh every step; the process keeps its peak "
+                        "heap), default (glibc as it is), or auto (reuse when JAX runs on its CPU backend)", choices=host_memory.POLICIES)
 
 
 def add_inference_arguments(ap, *, conf_threshold: float) -> None:
@@ -345,6 +348,7 @@ def load_model_for_cli(ap, args) -> LoadedModel | None:
     unreadable run or file ends the program through ``ap.error`` (status 2); weights that do
     not load print ``error: ...`` and give ``None`` (the command then exits with status 2). Turns on
     the compilation cache of ``--compile-cache-dir`` and builds with ``--conv-impl``."""
+    host_memory.configure(getattr(args, "host_malloc", None) or "auto")  # before a backend starts
     cache = getattr(args, "compile_cache_dir", None)
     cache = "default" if cache is None else cache
     compile_cache.enable(compile_cache.default_cache_dir() if cache == "default" else cache)

@@ -64,7 +64,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from yolo11_jax import class_names as CN, compile_cache, convert, inference, options as C, parallel, plots, recipes
+from yolo11_jax import class_names as CN, compile_cache, convert, host_memory, inference, options as C, parallel, plots, recipes
 from yolo11_jax.data import TrainPipeline, add_counts, build_dataset
 from yolo11_jax.data.box_counts import (LARGE_M, STREAM_MAX_BOXES, box_counts, max_boxes_warning,
                                         resolve_max_boxes)
@@ -571,6 +571,7 @@ def setup(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     """Everything before the first step: checks, devices, data, model, the recipe's loss and
     optimizer, the jitted step, checkpoints (restored with ``resume``), ``config.json``."""
     check_config(cfg)
+    host_malloc = host_memory.configure(cfg.host_malloc)  # before JAX's backend starts (host_memory's docstring)
     cache_dir = compile_cache.enable(compile_cache.default_cache_dir() if cfg.compile_cache_dir == "default"
                                      else cfg.compile_cache_dir)
     parallel.initialize_distributed(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
@@ -592,7 +593,7 @@ def setup(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         f"{cfg.img_size}px, {cfg.dtype}, conv {model.conv_impl}"
         + (" (auto)" if cfg.conv_impl == "auto" else "") + f"; {total_steps} steps ({steps_per_epoch} per epoch); "
         f"batch {cfg.batch_size} over {mesh.devices.size} {mesh.devices.flat[0].platform} device(s)"
-        + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
+        + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "") + f"; host memory {host_malloc}")
     streamed = isinstance(train_data.examples, StreamSource)
     num_images = total_steps * cfg.batch_size / math.ceil(total_steps / steps_per_epoch) if streamed \
         else len(train_data.examples)
@@ -606,7 +607,7 @@ def setup(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
               data_iterator=iter(pipeline.dataset(total_steps)), steps_per_epoch=steps_per_epoch,
               total_steps=total_steps, model=model, eval_graphdef=eval_graphdef, state=state, train_step=train_step,
               lr_fn=opt.lr_fn, mngr=checkpoint_manager(run_dir, cfg.keep_checkpoints), metrics=MetricsWriter(None))
-    run.compile_cache_dir, run.data_resolved = cache_dir, data_resolved
+    run.compile_cache_dir, run.data_resolved = cache_dir, dict(data_resolved, host_malloc=host_malloc)
     if resume is not None:
         _restore(run, resume)
     if primary:

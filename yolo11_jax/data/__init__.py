@@ -25,7 +25,7 @@ from .augment import ULTRALYTICS, Augment
 from .box_counts import (MAX_BOXES_CAP, PAD_SIZES, BoxCounts, MaxBoxes, box_counts, cheap_assigner_for, max_boxes_warning,
                          pad_size, resolve_max_boxes, warn_max_boxes)
 from .pipeline import TrainPipeline, add_counts, eval_batches
-from .shapes import SHAPES_CLASS_NAMES, SHAPES_FEATURES, make_shapes_dataset, render_shapes_image, shapes_source
+from .shapes import SHAPES_CLASS_NAMES, make_shapes_dataset, render_shapes_image, shapes_features, shapes_source
 from .sources import (
     BBOX_FORMATS,
     DataStats,
@@ -78,6 +78,7 @@ __all__ = [
     "ReadOptions",
     "SHAPES_CLASS_NAMES",
     "SHAPES_FEATURES",
+    "shapes_features",
     "boxes_to_xyxy_pixels",
     "build_dataset",
     "coco_categories",
@@ -99,3 +100,9 @@ __all__ = [
     "yolo_dirs",
     "yolo_txt_examples",
 ]
+
+
+def __getattr__(name: str):
+    if name == "SHAPES_FEATURES":  # built on first use (shapes.shapes_features)
+        return shapes_features()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

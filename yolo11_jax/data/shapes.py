@@ -24,6 +24,7 @@ are independent draws.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -33,24 +34,37 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-import datasets
-
 SHAPES_CLASS_NAMES: list[str] = ["circle", "square", "triangle", "cross"]
 """Class names of the shapes dataset; class id ``k`` is ``SHAPES_CLASS_NAMES[k]``."""
 
-SHAPES_FEATURES = datasets.Features(
-    {
-        "image_id": datasets.Value("int64"),
-        "image": datasets.Image(),
-        "width": datasets.Value("int32"),
-        "height": datasets.Value("int32"),
-        "objects": {
-            "bbox": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
-            "category": datasets.List(datasets.ClassLabel(names=SHAPES_CLASS_NAMES)),
-        },
-    }
-)
-"""Features of :func:`make_shapes_dataset` (the ``detection-datasets/coco`` layout)."""
+
+@functools.lru_cache(maxsize=None)
+def shapes_features() -> "datasets.Features":
+    """Features of :func:`make_shapes_dataset` (the ``detection-datasets/coco`` layout), also
+    available as ``SHAPES_FEATURES``. Built on first use: importing ``datasets`` starts pyarrow,
+    whose threads take a glibc arena, and the command-line tools make their host-memory settings
+    (``yolo11_jax.host_memory``) before any such thread exists."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "image_id": datasets.Value("int64"),
+            "image": datasets.Image(),
+            "width": datasets.Value("int32"),
+            "height": datasets.Value("int32"),
+            "objects": {
+                "bbox": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
+                "category": datasets.List(datasets.ClassLabel(names=SHAPES_CLASS_NAMES)),
+            },
+        }
+    )
+
+
+def __getattr__(name: str):
+    if name == "SHAPES_FEATURES":
+        return shapes_features()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DEFAULT_NUM_IMAGES: dict[str, int] = {"train": 2000, "validation": 200, "val": 200, "test": 200}
 """Images per split when ``num_images`` is not given (other split names: 200)."""
@@ -209,6 +223,8 @@ def make_shapes_dataset(
       ``width``, ``height``, ``objects.bbox`` as ``[x, y, w, h]`` pixels,
       ``objects.category`` class ids in ``0..len(SHAPES_CLASS_NAMES)-1``).
     """
+    import datasets
+
     if num_images is None:
         num_images = DEFAULT_NUM_IMAGES.get(split, 200)
     if num_images < 0 or img_size < 8:
@@ -229,7 +245,7 @@ def make_shapes_dataset(
         columns["width"].append(img_size)
         columns["height"].append(img_size)
         columns["objects"].append({"bbox": bboxes, "category": cats})
-    ds = datasets.Dataset.from_dict(columns, features=SHAPES_FEATURES, split=datasets.NamedSplit(split))
+    ds = datasets.Dataset.from_dict(columns, features=shapes_features(), split=datasets.NamedSplit(split))
     if cache_path is not None:
         ds.save_to_disk(cache_path)
     return ds
