@@ -103,10 +103,14 @@ class BatchNorm(nnx.Module):
             var = jnp.mean(jnp.square(xf - mean), axis=axes)
             n = int(np.prod([x.shape[a] for a in axes]))
             m = self.momentum
-            self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
+            # set_value, not `v[...] = new`: the same whole replacement, but flax's `[...] =` asks
+            # the traced value for its `.sharding`, and jax answers a tracer's with an error
+            # message it builds by walking the whole jaxpr so far: ~2 s of tracing the yolo11n
+            # train step (81 BatchNorms; benchmarks/RESULTS.md)
+            self.mean.set_value((1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean))
             unbiased = var * (n / max(n - 1, 1))
-            self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
-            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+            self.var.set_value((1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased))
+            self.num_batches_tracked.set_value(self.num_batches_tracked[...] + 1)
         inv = jax.lax.rsqrt(var + self.eps) * self.scale[...]
         return ((xf - mean) * inv + self.bias[...]).astype(x.dtype)
 
