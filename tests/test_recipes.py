@@ -144,6 +144,10 @@ def test_max_boxes_auto_is_resolved_from_the_index_and_recorded(tmp_path):
     assert saved["resolved"]["max_boxes"]["needed"] == most and saved["resolved"]["max_boxes"]["source"] == "data"
     assert saved["resolved"]["trim_boxes"] is False and saved["resolved"]["data_threads"] >= 1
     assert isinstance(saved["resolved"]["cache_images"], bool)
+    # what --host-malloc did (in this test process JAX's backend started before setup, so "too late"
+    # unless an earlier setup of this process applied it): the same description configure gives now
+    from yolo11_jax import host_memory
+    assert saved["resolved"]["host_malloc"] == host_memory.configure(run.cfg.host_malloc)
     run.metrics.close()
 
 

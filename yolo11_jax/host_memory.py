@@ -42,6 +42,11 @@ import importlib.util
 import os
 
 POLICIES = ("auto", "reuse", "default")
+OPTION_HELP = ("host memory (yolo11_jax/host_memory.py): reuse (glibc keeps freed memory in one arena, so XLA:CPU's "
+               "per-call scratch block is not page-faulted in afresh every step; the process keeps its peak heap), "
+               "default (glibc as it is), or auto (reuse when JAX runs on its CPU backend); train's log and "
+               "config.json name what was applied")
+"""``--host-malloc``'s help text (train, evaluate, predict)."""
 
 # glibc's mallopt parameter numbers (malloc.h)
 _M_TRIM_THRESHOLD = -1

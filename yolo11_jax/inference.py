@@ -242,9 +242,7 @@ class InferenceOptions:
                                     "run compiles nothing; default: $YOLO11_JAX_COMPILE_CACHE, else "
                                     "$XDG_CACHE_HOME/yolo11_jax/xla, else ~/.cache/yolo11_jax/xla; '' switches it off",
                                     metavar="DIR")
-    host_malloc: str = option("auto", "host memory (yolo11_jax/host_memory.py): reuse (glibc keeps freed memory in one arena, so XLA:CPU's "
-                        "per-call scratch block is not page-faulted in afresh every step; the process keeps its peak "
-                        "heap), default (glibc as it is), or auto (reuse when JAX runs on its CPU backend)", choices=host_memory.POLICIES)
+    host_malloc: str = option("auto", host_memory.OPTION_HELP, choices=host_memory.POLICIES)
 
 
 def add_inference_arguments(ap, *, conf_threshold: float) -> None:

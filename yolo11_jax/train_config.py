@@ -191,10 +191,7 @@ class TrainConfig:
                                     "run of a configuration compiles nothing; default: $YOLO11_JAX_COMPILE_CACHE, else "
                                     "$XDG_CACHE_HOME/yolo11_jax/xla, else ~/.cache/yolo11_jax/xla (config.json's "
                                     "resolved values name the folder used); '' switches it off", metavar="DIR")
-    host_malloc: str = option("auto", "host memory (yolo11_jax/host_memory.py): reuse (glibc keeps freed memory in one arena, so XLA:CPU's "
-                        "per-call scratch block is not page-faulted in afresh every step; the process keeps its peak "
-                        "heap), default (glibc as it is), or auto (reuse when JAX runs on its CPU backend); the log "
-                        "names what was applied", choices=host_memory.POLICIES)
+    host_malloc: str = option("auto", host_memory.OPTION_HELP, choices=host_memory.POLICIES)
     step_timing_steps: int = option(5, "time this many train steps on one batch already in memory after "
                                     "compiling, each alone (step-only throughput from their median, against which the loop's end-to-end throughput "
                                     "shows the input path's cost; 0: off)", check=at_least(0))
