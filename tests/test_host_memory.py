@@ -1,5 +1,5 @@
-"""yolo11_jax.host_memory: glibc keeps XLA:CPU's freed memory, so a call's scratch and output
-blocks are not page-faulted in afresh on every call."""
+"""yolo11_jax.host_memory: glibc keeps XLA:CPU's freed memory, so a call's block of
+temporaries is not page-faulted in afresh on every call."""
 
 from __future__ import annotations
 

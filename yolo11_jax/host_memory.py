@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -86,6 +87,7 @@ def accelerator_expected(platforms: str | None = None) -> bool:
     return importlib.util.find_spec("libtpu") is not None
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
     """glibc's ``libc`` through ctypes, or ``None`` on another C library."""
     name = ctypes.util.find_library("c")
