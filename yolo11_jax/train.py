@@ -64,7 +64,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from yolo11_jax import class_names as CN, compile_cache, convert, host_memory, inference, options as C, parallel, plots, recipes
+from yolo11_jax import (class_names as CN, compile_cache, convert, host_memory, inference, options as C, parallel, plots,
+                        recipes, step_cache)
 from yolo11_jax.data import TrainPipeline, add_counts, build_dataset
 from yolo11_jax.data.box_counts import (LARGE_M, STREAM_MAX_BOXES, box_counts, max_boxes_warning,
                                         resolve_max_boxes)
@@ -392,6 +393,9 @@ class Run:
     unwritten: dict = dataclasses.field(default_factory=dict)    # timing fields for the next interval row
     compile_cache_dir: Optional[str] = None                      # the persistent compilation cache in use
     data_resolved: dict = dataclasses.field(default_factory=dict)  # what the pipeline's "auto" options became
+    train_graphdef: Any = None                                   # the network's graph in train mode (the step's)
+    step_material: dict = dataclasses.field(default_factory=dict)  # what the step was built from (trace cache key)
+    trace_cache: str = "off"                                     # the trace cache's outcome (step_cache)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -608,6 +612,9 @@ def setup(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
               total_steps=total_steps, model=model, eval_graphdef=eval_graphdef, state=state, train_step=train_step,
               lr_fn=opt.lr_fn, mngr=checkpoint_manager(run_dir, cfg.keep_checkpoints), metrics=MetricsWriter(None))
     run.compile_cache_dir, run.data_resolved = cache_dir, dict(data_resolved, host_malloc=host_malloc)
+    run.train_graphdef = graphdef
+    run.step_material = dict(config={k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_STEP},
+                             length=dataclasses.asdict(length))
     if resume is not None:
         _restore(run, resume)
     if primary:
@@ -619,12 +626,43 @@ def setup(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
 
 # ----------------------------------------------------------------------------- the loop
 
+# Options that do not change the traced train step (left out of the trace cache's key; any other
+# option, changed, traces the step again).
+NOT_IN_STEP = ("config", "run_dir", "compile_cache_dir", "trace_cache", "host_malloc", "step_timing_steps",
+               "log_every", "eval_every_epochs", "eval_every_steps", "eval_batch_size", "checkpoint_every_epochs",
+               "checkpoint_every_steps", "keep_checkpoints", "val_data", "val_split", "val_image_dir",
+               "val_max_samples", "shapes_val_images", "coordinator_address", "process_id")
+
+
+def _compile_step(run: Run, device_batch) -> Callable:
+    """The compiled step: through the trace cache (``step_cache``) when it can serve this run,
+    else traced, lowered and compiled here. Sets ``run.trace_cache`` to what happened."""
+    cfg = run.cfg
+    if cfg.trace_cache == "off":
+        why = "--trace-cache off"
+    elif run.compile_cache_dir is None:
+        why = "the compilation cache is off"
+    else:
+        why = step_cache.eligible(devices=int(run.mesh.devices.size), processes=jax.process_count(),
+                                  builders={"loss": recipes.get_loss(cfg.loss).build,
+                                            "optimizer": recipes.get_optimizer(cfg.optimizer).build})
+    if why is not None:
+        run.trace_cache = f"off ({why})"
+        return run.train_step.lower(run.state, device_batch).compile()
+    key = step_cache.cache_key(run.train_graphdef, run.state, device_batch, run.step_material)
+    compiled = step_cache.compile_step(run.train_step, run.state, device_batch, key=key, log=run.log,
+                                       folder=Path(run.compile_cache_dir) / step_cache.SUBDIR)
+    run.trace_cache = compiled.outcome
+    return compiled
+
+
 def _compile(run: Run, device_batch) -> Callable:
     """Compile the step (then every process starts stepping together) and time it: compile
-    seconds and, with ``--step-timing-steps N``, N steps on this batch on a copy of the state
-    (the step-only throughput)."""
+    seconds (tracing included, unless the trace cache had the step) and, with
+    ``--step-timing-steps N``, N steps on this batch on a copy of the state (the step-only
+    throughput)."""
     t = time.perf_counter()
-    compiled = run.train_step.lower(run.state, device_batch).compile()
+    compiled = _compile_step(run, device_batch)
     parallel.barrier("compiled")
     run.timing["compile_s"] = time.perf_counter() - t
     n = run.cfg.step_timing_steps
@@ -746,8 +784,9 @@ def loop(run: Run, *, end_step: int, t_start: float) -> None:
         if step == run.start_step:  # the time to the first step, then the throughput from the second
             jax.block_until_ready(metrics)
             run.timing["time_to_first_step_s"] = time.perf_counter() - t_start
-            run.unwritten = dict(run.timing)  # (on the interval row of the first step)
-            run.log("first step after " + ", ".join(f"{k} {v:.3g}" for k, v in run.timing.items()))
+            run.unwritten = dict(run.timing, trace_cache=run.trace_cache)  # (on the interval row of the first step)
+            run.log("first step after " + ", ".join(f"{k} {v:.3g}" for k, v in run.timing.items())
+                    + f"; traced step: {run.trace_cache}")
             meter.start()
         else:
             meter.images += cfg.batch_size

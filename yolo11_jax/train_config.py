@@ -192,6 +192,11 @@ class TrainConfig:
                                     "$XDG_CACHE_HOME/yolo11_jax/xla, else ~/.cache/yolo11_jax/xla (config.json's "
                                     "resolved values name the folder used); '' switches it off", metavar="DIR")
     host_malloc: str = option("auto", host_memory.OPTION_HELP, choices=host_memory.POLICIES)
+    trace_cache: str = option("auto", "keep the traced train step next to the compilation cache (in its steps/ "
+                              "folder), so that a second run of the same configuration skips tracing it in Python "
+                              "(yolo11_jax/step_cache.py): auto (on with the compilation cache, one device and the "
+                              "built-in losses and optimizers) or off (needed when code outside the package changes "
+                              "how the step traces)", choices=("auto", "off"))
     step_timing_steps: int = option(5, "time this many train steps on one batch already in memory after "
                                     "compiling, each alone (step-only throughput from their median, against which the loop's end-to-end throughput "
                                     "shows the input path's cost; 0: off)", check=at_least(0))

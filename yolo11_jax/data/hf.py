@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -18,6 +19,8 @@ from PIL import Image
 
 
 def _is_hf_dataset(obj: Any) -> bool:
+    if "datasets" not in sys.modules:  # no datasets object can exist yet (and importing it costs ~1 s)
+        return False
     import datasets
 
     return isinstance(obj, (datasets.Dataset, datasets.IterableDataset, datasets.DatasetDict, datasets.IterableDatasetDict))
