@@ -285,3 +285,41 @@ def test_threads_by_core_count():
 
     assert [default_threads(c) for c in (1, 2, 4, 8, 64)] == [2, 2, 2, 4, 8]
     assert _read_options(0, 3).num_threads == 3 and _read_options(2).num_threads == 1
+
+
+def test_positions_read_the_permutation_once_per_step_and_equal_reading_it_per_sample():
+    """``_Position`` keeps each step's rows (one Grain ``index_shuffle`` per row, not per sample
+    and row); what it returns equals reading the permutation for every sample, across epochs and
+    for each process of a global batch, also after pickling (a worker process)."""
+    import pickle
+
+    import grain
+    from yolo11_jax.data.pipeline import _Position
+
+    n, batch = 37, 8
+    order = grain.MapDataset.range(n).shuffle(seed=5).repeat()
+    steps_per_epoch = n // batch
+
+    def expected(u, process_index, process_count):
+        local = batch // process_count
+        step, row = divmod(u, local)
+        epoch, k = divmod(step, steps_per_epoch)
+        first = epoch * n + k * batch + process_index * local
+        rows = tuple(int(order[first + r]) for r in range(local))
+        return epoch, rows[row], rows
+
+    for p, count in [(0, 1), (0, 2), (1, 2)]:
+        position = _Position(order, n, batch, p, count)
+        local = batch // count
+        us = range(3 * steps_per_epoch * local + 5)   # three epochs and a bit, more steps than kept
+        position.CACHED_STEPS = 3
+        assert [position(u) for u in us] == [expected(u, p, count) for u in us]
+        again = pickle.loads(pickle.dumps(position))
+        assert again._rows == {} and [again(u) for u in reversed(us)] == [expected(u, p, count) for u in reversed(us)]
+
+    calls = []
+    counting = _Position(order, n, batch, 0, 1)
+    counting.order = type("Order", (), {"__getitem__": lambda self, i: calls.append(i) or order[i]})()
+    for u in range(2 * batch):
+        counting(u)
+    assert len(calls) == 2 * batch  # one read per row of each step, not batch x batch

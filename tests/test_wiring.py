@@ -6,6 +6,7 @@ import json
 import time
 import warnings
 
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -61,6 +62,19 @@ def test_forty_boxes_in_an_image_train_with_none_dropped_at_defaults(tmp_path):
     assert saved["max_boxes"] == run.cfg.max_boxes == pad_size(max(COUNTS)) == 64   # no mosaic in smoke
     assert saved["resolved"]["max_boxes"]["boxes_over"] == 0
     assert saved["resolved"]["trim_boxes"] is True       # auto: on from 64 boxes in one process
+
+
+@pytest.mark.slow  # a training run
+def test_batches_of_several_box_paddings_train_through(tmp_path, capsys):
+    """With the padding trimmed per batch (auto from 64 boxes), batches come in several shapes;
+    the loop compiles the step once per shape instead of failing at the second one."""
+    folder = _yolo_folder(tmp_path / "data")
+    cfg = named_config("smoke", **dict(ONE_STEP, steps=3), data=str(folder), batch_size=2,
+                       run_dir=str(tmp_path / "run"))
+    result = train(cfg, progress=True)
+    log = "".join(capsys.readouterr())
+    assert result["steps"] == 3 and np.isfinite(result["history"][-1]["total_loss"])
+    assert "compiled the step for batches padded to 32 boxes (2 batch shapes so far)" in log
 
 
 def test_keep_class_rows_after_init_weights(tmp_path):

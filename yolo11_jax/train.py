@@ -765,7 +765,8 @@ def _save(run: Run, done: int) -> None:
 def loop(run: Run, *, end_step: int, t_start: float) -> None:
     """Steps ``run.start_step`` .. ``end_step``: one batch each, host reads every ``--log-every``
     steps, then the epoch summary, evaluation and checkpoint when due."""
-    cfg, compiled, pending, meter = run.cfg, None, [], Meter()
+    cfg, pending, meter = run.cfg, [], Meter()
+    compiled_steps = {}  # batch shapes -> compiled step (one per pad size with --trim-boxes)
     bar = tqdm(total=run.total_steps, initial=run.start_step, desc="train", unit="step", disable=not run.progress,
                dynamic_ncols=True)
     for step in range(run.start_step, end_step):
@@ -773,12 +774,17 @@ def loop(run: Run, *, end_step: int, t_start: float) -> None:
         batch = next(run.data_iterator)
         meter.wait += time.perf_counter() - t_wait
         add_counts(run.train_data.stats, batch)
-        if step == run.start_step and run.primary:
-            plots.plot_sample_batch(batch["images"], batch["boxes_cxcywh"], batch["mask"], batch["labels"],
-                                    run.run_dir / "sample_batch.png", class_names=cfg.class_names)
         device_batch = parallel.global_batch({k: batch[k] for k in BATCH_KEYS}, run.mesh)
-        if compiled is None:
-            compiled = _compile(run, device_batch)
+        shapes = tuple((k, tuple(v.shape)) for k, v in sorted(device_batch.items()))
+        compiled = compiled_steps.get(shapes)
+        if compiled is None:  # the first batch: compile and time the step; a new pad size: compile
+            t_pause = time.perf_counter()
+            compiled = compiled_steps[shapes] = (_compile_step(run, device_batch) if compiled_steps
+                                                 else _compile(run, device_batch))
+            if len(compiled_steps) > 1:
+                meter.t += time.perf_counter() - t_pause  # (compiling is not stepping time)
+                run.log(f"step {step + 1}: compiled the step for batches padded to {device_batch['mask'].shape[1]} "
+                        f"boxes ({len(compiled_steps)} batch shapes so far)")
         run.state, metrics = compiled(run.state, device_batch)
         pending.append(metrics)
         if step == run.start_step:  # the time to the first step, then the throughput from the second
@@ -787,6 +793,9 @@ def loop(run: Run, *, end_step: int, t_start: float) -> None:
             run.unwritten = dict(run.timing, trace_cache=run.trace_cache)  # (on the interval row of the first step)
             run.log("first step after " + ", ".join(f"{k} {v:.3g}" for k, v in run.timing.items())
                     + f"; traced step: {run.trace_cache}")
+            if run.primary:  # (after the first step: the picture is not needed to start training)
+                plots.plot_sample_batch(batch["images"], batch["boxes_cxcywh"], batch["mask"], batch["labels"],
+                                        run.run_dir / "sample_batch.png", class_names=cfg.class_names)
             meter.start()
         else:
             meter.images += cfg.batch_size

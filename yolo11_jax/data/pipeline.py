@@ -183,19 +183,40 @@ class _Position:
     ``u % b`` of this process's ``b = B / P`` rows of the global batch, in the epoch's
     permutation; ``partners`` are the records of those ``b`` rows (a mosaic's other tiles)."""
 
+    CACHED_STEPS = 64  # steps whose rows are kept (the pipeline's threads work on a few at a time)
+
     def __init__(self, order: grain.MapDataset, num_records: int, batch_size: int, process_index: int,
                  process_count: int) -> None:
         self.order, self.n, self.batch_size = order, num_records, batch_size
         self.local = batch_size // process_count
         self.offset = process_index * self.local
         self.steps_per_epoch = num_records // batch_size
+        self._rows: dict[int, tuple[int, ...]] = {}
+
+    def __getstate__(self):  # the rows cache stays in each process
+        return {k: v for k, v in self.__dict__.items() if k != "_rows"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _rows={})
+
+    def rows(self, step: int) -> tuple[int, ...]:
+        """The records of this process's rows of ``step``: read from the permutation once per step,
+        not once per sample (each read is a Grain ``index_shuffle``; a batch of 16 mosaic samples
+        made 256 of them)."""
+        rows = self._rows.get(step)
+        if rows is None:
+            epoch, k = divmod(step, self.steps_per_epoch)
+            first = epoch * self.n + k * self.batch_size + self.offset
+            rows = tuple(int(self.order[first + r]) for r in range(self.local))
+            if len(self._rows) >= self.CACHED_STEPS:
+                self._rows.clear()
+            self._rows[step] = rows
+        return rows
 
     def __call__(self, u: int) -> tuple[int, int, tuple[int, ...]]:
         step, row = divmod(int(u), self.local)
-        epoch, k = divmod(step, self.steps_per_epoch)
-        first = epoch * self.n + k * self.batch_size + self.offset
-        rows = tuple(int(self.order[first + r]) for r in range(self.local))
-        return epoch, rows[row], rows
+        rows = self.rows(step)
+        return step // self.steps_per_epoch, rows[row], rows
 
 
 def _worker_processes(ds: grain.IterDataset, workers: int, buffer: int = 2) -> grain.IterDataset:
