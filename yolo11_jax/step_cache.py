@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -48,7 +47,6 @@ import numpy as np
 FORMAT_VERSION = 1
 SUBDIR = "steps"
 SUFFIX = ".jaxexport"
-OUTCOMES = ("loaded", "saved", "off")
 
 # jax configuration values that name where caches live, not what a program computes.
 _CONFIG_IGNORED = re.compile(r"compilation_cache|persistent_cache|pgle")
