@@ -110,6 +110,22 @@ def test_shapes_deterministic(shapes_train):
     assert shapes_train["objects"] != other_seed["objects"]
 
 
+def test_shapes_boxes_without_pixels_equal_a_full_render():
+    """The index of the shapes data takes its boxes from ``render_shapes_image(pixels=False)``,
+    which skips the drawing and must make every random draw that drawing makes."""
+    from yolo11_jax.data import render_shapes_image
+
+    classes_seen = set()
+    for size in (64, 128, 640):
+        for i in range(150 if size < 640 else 20):
+            full = render_shapes_image(np.random.default_rng([3, size, i]), size)
+            boxes_only = render_shapes_image(np.random.default_rng([3, size, i]), size, pixels=False)
+            assert boxes_only[0] is None and full[0].size == (size, size)
+            assert boxes_only[1:] == full[1:], (size, i)
+            classes_seen.update(full[2])
+    assert classes_seen == set(range(len(SHAPES_CLASS_NAMES)))   # every drawing path was compared
+
+
 def test_shapes_schema_and_boxes(shapes_train):
     assert len(SHAPES_CLASS_NAMES) >= 3
     feats = shapes_train.features

@@ -116,13 +116,28 @@ def _contrasting_colour(rng: np.random.Generator, ref: np.ndarray) -> tuple[int,
     return tuple(int(v) for v in np.clip(colour, 0, 255))
 
 
+class _NoDrawing:
+    """Stands in for ``ImageDraw`` when only the boxes are wanted."""
+
+    def ellipse(self, *args, **kwargs):
+        pass
+
+    rectangle = polygon = ellipse
+
+
+_NO_DRAWING = _NoDrawing()
+
+
 def _draw_object(
-    draw: ImageDraw.ImageDraw, rng: np.random.Generator, cls: int, x0: int, y0: int, side: int, colour
+    draw: Optional[ImageDraw.ImageDraw], rng: np.random.Generator, cls: int, x0: int, y0: int, side: int, colour
 ) -> list[float]:
-    """Draw one object of class ``cls`` inside the square ``[x0, x0+side) x [y0, y0+side)``.
+    """Draw one object of class ``cls`` inside the square ``[x0, x0+side) x [y0, y0+side)``
+    (``draw=None``: only its box, with the same random draws).
 
     Returns its tight box as COCO ``[x, y, w, h]`` in pixels.
     """
+    if draw is None:
+        draw = _NO_DRAWING
     x1, y1 = x0 + side, y0 + side
     name = SHAPES_CLASS_NAMES[cls]
     if name == "circle":
@@ -156,16 +171,19 @@ def _draw_object(
     raise AssertionError(name)
 
 
-def render_shapes_image(rng: np.random.Generator, img_size: int = 128) -> tuple[Image.Image, list[list[float]], list[int]]:
+def render_shapes_image(rng: np.random.Generator, img_size: int = 128, *,
+                        pixels: bool = True) -> tuple[Optional[Image.Image], list[list[float]], list[int]]:
     """Draw one synthetic image.
 
     Returns:
       ``(image, bboxes_xywh, categories)``: an RGB PIL image of ``img_size`` pixels,
       COCO ``[x, y, w, h]`` pixel boxes (1 to 4, all inside the image) and their class ids.
+      ``pixels=False``: no image (``None``) and no drawing, the same boxes and classes (every
+      random draw is made as when drawing; about half the time).
     """
     bg = _background(rng, img_size)
-    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(img)
+    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB") if pixels else None
+    draw = ImageDraw.Draw(img) if pixels else None
     n_target = int(rng.integers(1, 5))
     boxes: list[np.ndarray] = []
     bboxes: list[list[float]] = []
@@ -258,9 +276,9 @@ class ShapesImage:
     def __init__(self, split: str, index: int, img_size: int, seed: int) -> None:
         self.split, self.index, self.img_size, self.seed = split, index, img_size, seed
 
-    def render(self) -> tuple[Image.Image, list[list[float]], list[int]]:
+    def render(self, *, pixels: bool = True) -> tuple[Optional[Image.Image], list[list[float]], list[int]]:
         return render_shapes_image(np.random.default_rng([self.seed, _split_hash(self.split), self.index]),
-                                   self.img_size)
+                                   self.img_size, pixels=pixels)
 
     def load(self) -> Image.Image:
         img = Image.open(io.BytesIO(_jpeg_bytes(self.render()[0])))
@@ -275,7 +293,7 @@ class ShapesImage:
 def shapes_source(split: str = "train", num_images: Optional[int] = None, img_size: int = 128, seed: int = 0, *,
                   cleaner, resize_to: Optional[int] = None, letterbox: bool = False, max_samples: Optional[int] = None):
     """The shapes split as a lazily rendered :class:`~yolo11_jax.data.records.RecordSource`: the
-    boxes and labels of every image are computed now (one render each, ~0.4 ms at 128 px), the
+    boxes and labels of every image are computed now (the random draws of a render, without drawing), the
     pixels again whenever an image is read, so memory does not grow with ``num_images``.
     ``cleaner`` (an :class:`~yolo11_jax.data.cleaning.ExampleCleaner` for ``xywh`` boxes)
     checks the class ids and counts; ``source_id`` is ``shapes/<split>[i]``."""
@@ -290,7 +308,7 @@ def shapes_source(split: str = "train", num_images: Optional[int] = None, img_si
         if max_samples is not None and len(records) >= max_samples:
             break
         ref = ShapesImage(split, i, img_size, seed)
-        _, bboxes, cats = ref.render()
+        _, bboxes, cats = ref.render(pixels=False)
         rec = cleaner.record(ref, bboxes, cats, f"shapes/{split}[{i}]", size=(img_size, img_size))
         if rec is not None:
             records.append(rec)
