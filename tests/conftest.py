@@ -12,6 +12,8 @@ from tests.helpers import XLA_CACHE_DIR
 # The commands' default compilation cache (train, predict and evaluate turn it on) is the test
 # session's, never the user's ~/.cache/yolo11_jax/xla.
 os.environ.setdefault("YOLO11_JAX_COMPILE_CACHE", XLA_CACHE_DIR)
+# ... and the shapes data's box index (data/shapes.py) is kept beside it, not in ~/.cache.
+os.environ.setdefault("YOLO11_JAX_SHAPES_CACHE", XLA_CACHE_DIR + "_shapes")
 
 jax.config.update("jax_default_matmul_precision", "highest")
 # Several tests compile the same programs again (each train() run builds its own jitted

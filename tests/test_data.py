@@ -126,6 +126,37 @@ def test_shapes_boxes_without_pixels_equal_a_full_render():
     assert classes_seen == set(range(len(SHAPES_CLASS_NAMES)))   # every drawing path was compared
 
 
+def test_shapes_box_index_is_kept_and_read_back_exactly(tmp_path, monkeypatch):
+    """``shapes_boxes`` writes the boxes of a split once and reads them back: the same values as
+    computing them, no render on the second call, a damaged file computed again and replaced."""
+    from yolo11_jax.data import shapes as SH
+
+    computed = SH.shapes_boxes("train", 30, S, 7, cache_dir=None)
+    assert computed == [SH.render_shapes_image(np.random.default_rng([7, SH._split_hash("train"), i]), S)[1:]
+                        for i in range(30)]
+    assert SH.shapes_boxes("train", 30, S, 7, cache_dir=str(tmp_path)) == computed   # written
+    files = list(tmp_path.glob("train-7-64px-30-*.json"))
+    assert len(files) == 1
+
+    def no_render(self, **kwargs):
+        raise AssertionError("rendered although the index is kept")
+    with monkeypatch.context() as m:
+        m.setattr(SH.ShapesImage, "render", no_render)
+        assert SH.shapes_boxes("train", 30, S, 7, cache_dir=str(tmp_path)) == computed   # read back
+    files[0].write_text("[[1, 2")   # damaged
+    assert SH.shapes_boxes("train", 30, S, 7, cache_dir=str(tmp_path)) == computed
+    assert json.loads(files[0].read_text()) == [list(map(list, b)) for b in computed]   # replaced
+    # Another count, seed or size is another file; the records of the source are the same either way.
+    SH.shapes_boxes("train", 31, S, 7, cache_dir=str(tmp_path))
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    def cleaner():
+        return D.ExampleCleaner(bbox_format="xywh", num_classes=len(SHAPES_CLASS_NAMES))
+    kept = SH.shapes_source("train", 30, S, 7, cleaner=cleaner(), cache_dir=str(tmp_path))
+    fresh = SH.shapes_source("train", 30, S, 7, cleaner=cleaner(), cache_dir=None)
+    assert [(r.boxes_cxcywh.tolist(), r.labels.tolist()) for r in kept.records] == \
+        [(r.boxes_cxcywh.tolist(), r.labels.tolist()) for r in fresh.records]
+
+
 def test_shapes_schema_and_boxes(shapes_train):
     assert len(SHAPES_CLASS_NAMES) >= 3
     feats = shapes_train.features

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import math
 import os
 import zlib
@@ -290,11 +291,64 @@ class ShapesImage:
         return self.img_size, self.img_size
 
 
+SHAPES_CACHE_ENV = "YOLO11_JAX_SHAPES_CACHE"
+
+
+def index_cache_dir() -> Optional[str]:
+    """Where :func:`shapes_source` keeps the boxes of each split it has computed:
+    ``$YOLO11_JAX_SHAPES_CACHE`` if set (``""``: nowhere, every run computes them), else
+    ``$XDG_CACHE_HOME/yolo11_jax/shapes``, else ``~/.cache/yolo11_jax/shapes``."""
+    if SHAPES_CACHE_ENV in os.environ:
+        return os.environ[SHAPES_CACHE_ENV] or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "yolo11_jax", "shapes")
+
+
+@functools.lru_cache(maxsize=1)
+def _render_digest() -> str:
+    """What the boxes depend on besides the split's parameters: this module's source and numpy's
+    version (its random streams)."""
+    import hashlib
+    return hashlib.sha256(open(__file__, "rb").read() + np.__version__.encode()).hexdigest()[:16]
+
+
+def shapes_boxes(split: str, num_images: int, img_size: int, seed: int, *,
+                 cache_dir: Optional[str] = None) -> list[tuple[list[list[float]], list[int]]]:
+    """``(bboxes_xywh, categories)`` of images ``0 .. num_images - 1`` of a shapes split, as
+    :func:`render_shapes_image` gives them (without drawing). Kept in ``cache_dir`` (a JSON file
+    per split, seed, size and count; ``None``: not kept), so a later run reads them instead of
+    making every random draw again (about 0.5 ms per image). A file that does not read back is
+    computed again and replaced."""
+    path = None
+    if cache_dir:
+        path = os.path.join(cache_dir, f"{split}-{seed}-{img_size}px-{num_images}-{_render_digest()}.json")
+        try:
+            with open(path) as f:
+                boxes = [(b, c) for b, c in json.load(f)]
+            if len(boxes) == num_images:
+                return boxes
+        except (OSError, ValueError, TypeError):
+            pass  # absent or damaged: computed again below
+    boxes = [ShapesImage(split, i, img_size, seed).render(pixels=False)[1:] for i in range(num_images)]
+    if path is not None:
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(boxes, f)  # floats round-trip exactly through JSON
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache folder: the boxes are computed again next time
+    return boxes
+
+
 def shapes_source(split: str = "train", num_images: Optional[int] = None, img_size: int = 128, seed: int = 0, *,
-                  cleaner, resize_to: Optional[int] = None, letterbox: bool = False, max_samples: Optional[int] = None):
+                  cleaner, resize_to: Optional[int] = None, letterbox: bool = False, max_samples: Optional[int] = None,
+                  cache_dir: Optional[str] = "default"):
     """The shapes split as a lazily rendered :class:`~yolo11_jax.data.records.RecordSource`: the
-    boxes and labels of every image are computed now (the random draws of a render, without drawing), the
-    pixels again whenever an image is read, so memory does not grow with ``num_images``.
+    boxes and labels of every image are known now (:func:`shapes_boxes`: the random draws of a
+    render, without drawing, kept in ``cache_dir``, by default :func:`index_cache_dir`), the
+    pixels are rendered whenever an image is read, so memory does not grow with ``num_images``.
     ``cleaner`` (an :class:`~yolo11_jax.data.cleaning.ExampleCleaner` for ``xywh`` boxes)
     checks the class ids and counts; ``source_id`` is ``shapes/<split>[i]``."""
     from .records import RecordSource
@@ -303,12 +357,19 @@ def shapes_source(split: str = "train", num_images: Optional[int] = None, img_si
         num_images = DEFAULT_NUM_IMAGES.get(split, 200)
     if num_images < 0 or img_size < 8:
         raise ValueError(f"shapes: need num_images >= 0 and img_size >= 8, got {num_images}, {img_size}")
+    if cache_dir == "default":
+        cache_dir = index_cache_dir()
+    if max_samples is not None and max_samples < num_images:
+        # A few images: compute only what is needed (records may be dropped by the cleaner).
+        boxes = None
+    else:
+        boxes = shapes_boxes(split, num_images, img_size, seed, cache_dir=cache_dir)
     records = []
     for i in range(num_images):
         if max_samples is not None and len(records) >= max_samples:
             break
         ref = ShapesImage(split, i, img_size, seed)
-        _, bboxes, cats = ref.render(pixels=False)
+        bboxes, cats = boxes[i] if boxes is not None else ref.render(pixels=False)[1:]
         rec = cleaner.record(ref, bboxes, cats, f"shapes/{split}[{i}]", size=(img_size, img_size))
         if rec is not None:
             records.append(rec)
