@@ -25,13 +25,19 @@ from jax.experimental.compilation_cache import compilation_cache as _cc
 ENV_VAR = "YOLO11_JAX_COMPILE_CACHE"
 
 
+def user_cache_dir(name: str) -> str:
+    """``$XDG_CACHE_HOME/yolo11_jax/<name>``, else ``~/.cache/yolo11_jax/<name>``: the user
+    folders of the project's caches (``xla`` here, ``shapes`` for the shapes data's boxes)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "yolo11_jax", name)
+
+
 def default_cache_dir() -> str:
     """``$YOLO11_JAX_COMPILE_CACHE``, else ``$XDG_CACHE_HOME/yolo11_jax/xla``, else
     ``~/.cache/yolo11_jax/xla``."""
     if os.environ.get(ENV_VAR):
         return os.environ[ENV_VAR]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "yolo11_jax", "xla")
+    return user_cache_dir("xla")
 
 
 def enable(cache_dir: str | os.PathLike | None, *, min_compile_time_secs: float = 0.0,

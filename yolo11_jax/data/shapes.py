@@ -298,10 +298,11 @@ def index_cache_dir() -> Optional[str]:
     """Where :func:`shapes_source` keeps the boxes of each split it has computed:
     ``$YOLO11_JAX_SHAPES_CACHE`` if set (``""``: nowhere, every run computes them), else
     ``$XDG_CACHE_HOME/yolo11_jax/shapes``, else ``~/.cache/yolo11_jax/shapes``."""
+    from yolo11_jax.compile_cache import user_cache_dir
+
     if SHAPES_CACHE_ENV in os.environ:
         return os.environ[SHAPES_CACHE_ENV] or None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "yolo11_jax", "shapes")
+    return user_cache_dir("shapes")
 
 
 @functools.lru_cache(maxsize=1)
